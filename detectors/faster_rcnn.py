@@ -1,0 +1,85 @@
+"""torchvision Faster R-CNN with a named backbone, slim configurable heads and named feature taps.
+
+The model is torchvision's own ``FasterRCNN``; only its parts are chosen here:
+
+- ``model.backbone.body(x)`` returns ``c3, c4, c5`` (backbone stages) and ``model.backbone.fpn(c)`` returns
+  ``p3, p4, p5, p6`` (FPN levels; ``p6`` is the max-pooled level used by the RPN only). Forward hooks on those two
+  modules give every feature tap without a second pass.
+- ``model.roi_heads.box_roi_pool`` is called with the sampled proposals and ``model.roi_heads.box_predictor``
+  returns the RoI classification logits: hooks there give what Hinton KD needs.
+- The transform normalises and batches but does not resize: images arrive already on a fixed canvas
+  (``study.images``), so boxes stay in canvas pixels.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.rpn import AnchorGenerator
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from detectors.backbones import build_body
+
+BACKBONE_TAPS = ("c3", "c4", "c5")
+FPN_TAPS = ("p3", "p4", "p5")
+
+
+class NamedFPN(nn.Module):
+    """torchvision's FPN over C3-C5 plus a max-pooled level, returning ``p3, p4, p5, p6``."""
+
+    def __init__(self, in_channels: tuple[int, ...], out_channels: int):
+        super().__init__()
+        self.fpn = FeaturePyramidNetwork(list(in_channels), out_channels, extra_blocks=LastLevelMaxPool())
+
+    def forward(self, c: "OrderedDict[str, torch.Tensor]") -> "OrderedDict[str, torch.Tensor]":
+        out = self.fpn(c)
+        return OrderedDict(zip(("p3", "p4", "p5", "p6"), out.values()))
+
+
+class TappedBackbone(nn.Module):
+    def __init__(self, body: nn.Module, body_channels: tuple[int, ...], fpn_channels: int):
+        super().__init__()
+        self.body = body
+        self.body_channels = body_channels
+        self.fpn = NamedFPN(body_channels, fpn_channels)
+        self.out_channels = fpn_channels
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        return self.fpn(self.body(x))
+
+
+class CanvasTransform(GeneralizedRCNNTransform):
+    """Normalise and batch; no resizing (images are already on the study's canvas)."""
+
+    def resize(self, image, target=None):
+        return image, target
+
+
+def build_faster_rcnn(backbone: str, num_classes: int, fpn_channels: int = 128, roi_dim: int = 512,
+                      anchor_sizes: tuple[int, ...] = (16, 32, 64, 128),
+                      rpn_pre_nms_train: int = 1000, rpn_post_nms_train: int = 500,
+                      rpn_pre_nms_test: int = 500, rpn_post_nms_test: int = 200,
+                      rpn_batch_per_image: int = 256, box_batch_per_image: int = 256,
+                      score_thresh: float = 0.001, detections_per_image: int = 100) -> FasterRCNN:
+    """Faster R-CNN (torchvision) over ``backbone`` for ``num_classes`` foreground classes, randomly initialised."""
+    body, channels = build_body(backbone)
+    tapped = TappedBackbone(body, channels, fpn_channels)
+    anchors = AnchorGenerator(sizes=tuple((s,) for s in anchor_sizes), aspect_ratios=((0.5, 1.0, 2.0),) * len(anchor_sizes))
+    roi_pool = MultiScaleRoIAlign(featmap_names=list(FPN_TAPS), output_size=7, sampling_ratio=2)
+    model = FasterRCNN(
+        tapped, num_classes=None,
+        rpn_anchor_generator=anchors, box_roi_pool=roi_pool,
+        box_head=TwoMLPHead(fpn_channels * 7 * 7, roi_dim),
+        box_predictor=FastRCNNPredictor(roi_dim, num_classes + 1),
+        rpn_pre_nms_top_n_train=rpn_pre_nms_train, rpn_post_nms_top_n_train=rpn_post_nms_train,
+        rpn_pre_nms_top_n_test=rpn_pre_nms_test, rpn_post_nms_top_n_test=rpn_post_nms_test,
+        rpn_batch_size_per_image=rpn_batch_per_image, box_batch_size_per_image=box_batch_per_image,
+        box_score_thresh=score_thresh, box_detections_per_img=detections_per_image)
+    model.transform = CanvasTransform(min_size=1, max_size=1, image_mean=[0.485, 0.456, 0.406],
+                                      image_std=[0.229, 0.224, 0.225])
+    return model

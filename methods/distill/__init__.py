@@ -1,0 +1,4 @@
+"""Knowledge distillation: pure loss functions, FitNets adapters and a thin Faster R-CNN distiller."""
+from methods.distill.losses import attention_transfer_loss, fitnets_loss, hinton_kd_loss, nst_loss
+
+__all__ = ["hinton_kd_loss", "fitnets_loss", "attention_transfer_loss", "nst_loss"]

@@ -1,0 +1,34 @@
+"""The project's commands. `nox -s study` runs the default study; `nox -s tests` runs the tests.
+
+Each session installs the project (and its pinned torch/torchvision) into its own virtualenv; the virtualenvs are
+reused between calls, so only the first call pays for the install.
+"""
+import os
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+# Nothing here may reach the network: ultralytics and matplotlib are told to stay offline and quiet.
+OFFLINE_ENV = {"YOLO_OFFLINE": "1", "YOLO_VERBOSE": "False", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+
+
+def install(session: nox.Session, extras: str = "") -> None:
+    session.install("-e", f".{extras}")
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    """Run the test suite (fast: tiny models, tiny images, the bundled data)."""
+    install(session, "[test]")
+    session.run("pytest", *session.posargs, env=OFFLINE_ENV)
+
+
+@nox.session(python="3.11")
+def study(session: nox.Session) -> None:
+    """Run the default study on the bundled BCCD data into results/default (finished runs are skipped)."""
+    install(session)
+    profile = os.environ.get("STUDY_PROFILE", "default")
+    session.run("python", "-m", "study", "run", "--profile", profile, "--out", f"results/{profile}",
+                "--no-progress", *session.posargs, env=OFFLINE_ENV)

@@ -1,0 +1,67 @@
+"""The one place for defaults. A profile (``study/profiles/*.yaml``) overrides any key; nothing else sets defaults."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+DEFAULTS: dict = {
+    "data": "voc:data/bccd",
+    "image_size": 256,  # longer side of every image, in pixels
+    "detector": "faster_rcnn",
+    "seeds": [0, 1, 2],  # student rows
+    "teacher_seed": 0,
+    "max_train_images": None,  # None: the whole train split
+    "max_eval_images": None,  # None: the whole val / test split
+    # detector shapes, per role
+    "teacher": {"backbone": "resnet50", "fpn_channels": 128, "roi_dim": 512, "epochs": 14},
+    "student": {"backbone": "shallow", "fpn_channels": 64, "roi_dim": 128, "epochs": 12},
+    "frcnn": {"anchor_sizes": [16, 32, 64, 128], "rpn_pre_nms_train": 1000, "rpn_post_nms_train": 500,
+              "rpn_pre_nms_test": 500, "rpn_post_nms_test": 200, "rpn_batch_per_image": 256,
+              "box_batch_per_image": 256},
+    # training (torchvision detection references' recipe, scaled to batch 8)
+    "train": {"optimizer": "sgd", "batch_size": 8, "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4,
+              "warmup_iters": 50, "clip_grad_norm": 10.0, "hflip": True, "vflip": True, "val_every": 2},
+    # methods run for the student, and their hyperparameters (weights as in the literature's reference code)
+    "methods": ["baseline", "hinton", "fitnets", "at", "nst", "hinton+at"],
+    "distill": {
+        "hinton": {"weight": 1.0, "temperature": 4.0},
+        "fitnets": {"weight": 100.0, "taps": ["p3", "p4", "p5"]},
+        "at": {"weight": 1000.0, "p": 2, "taps": ["c3", "c4", "c5"]},
+        "nst": {"weight": 50.0, "taps": ["c3", "c4", "c5"]},
+    },
+    "teacher_cache_mb": 4096,
+    # cost measurement
+    "cost": {"threads": 2, "warmup": 3, "runs": 20},
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_profile(name_or_path: str) -> dict:
+    """DEFAULTS overridden by the profile ``name`` (a file in study/profiles) or a YAML path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROFILE_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+        raise FileNotFoundError(f"{path}: no such profile (known: {known})")
+    override = yaml.safe_load(path.read_text()) or {}
+    unknown = set(override) - set(DEFAULTS) - {"name", "description"}
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+    profile = _merge(DEFAULTS, override)
+    profile["name"] = override.get("name", path.stem)
+    return profile

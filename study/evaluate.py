@@ -1,0 +1,79 @@
+"""COCO evaluation with pycocotools: mAP@[.5:.95], AP50, AP75, AP small/medium/large and per-class AP.
+
+Ground truth and detections are both in original image pixels (detections are mapped back from the canvas), so
+COCO's small/medium/large area ranges mean what they say.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from study.images import ImageSet
+
+METRIC_NAMES = ("map", "map50", "map75", "map_small", "map_medium", "map_large")
+
+
+def coco_ground_truth(image_set: ImageSet, class_names: list[str]) -> COCO:
+    images, annotations = [], []
+    for i, s in enumerate(image_set.samples):
+        images.append({"id": i, "width": s.width, "height": s.height, "file_name": s.image_path.name})
+        for box, label in zip(s.boxes.tolist(), s.labels.tolist()):
+            w, h = box[2] - box[0], box[3] - box[1]
+            annotations.append({"id": len(annotations) + 1, "image_id": i, "category_id": int(label),
+                                "bbox": [box[0], box[1], w, h], "area": w * h, "iscrowd": 0})
+    gt = COCO()
+    gt.dataset = {"images": images, "annotations": annotations,
+                  "categories": [{"id": k + 1, "name": n} for k, n in enumerate(class_names)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
+
+
+def coco_metrics(gt: COCO, detections: list[dict], class_names: list[str]) -> dict:
+    """Metrics for ``detections`` (COCO result dicts: image_id, category_id, bbox xywh, score)."""
+    empty = {name: 0.0 for name in METRIC_NAMES} | {"per_class_ap": {n: 0.0 for n in class_names}}
+    if not detections:
+        return empty
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(detections)
+        ev = COCOeval(gt, dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = [float(v) if v >= 0 else None for v in ev.stats[:6]]  # -1: no ground truth of that size
+    precision = ev.eval["precision"]  # (iou, recall, class, area, maxdets)
+    per_class = {}
+    for k, name in enumerate(class_names):
+        p = precision[:, :, k, 0, -1]
+        per_class[name] = float(p[p > -1].mean()) if (p > -1).any() else 0.0
+    return dict(zip(METRIC_NAMES, stats)) | {"per_class_ap": per_class}
+
+
+@torch.inference_mode()
+def predict(model, image_set: ImageSet, device: torch.device, batch_size: int = 8) -> list[dict]:
+    """Run ``model`` over ``image_set`` and return COCO result dicts in original image pixels."""
+    model.eval()
+    results = []
+    for start in range(0, len(image_set), batch_size):
+        batch = image_set.images[start:start + batch_size].to(device).float().div_(255)
+        outputs = model(list(batch))
+        for offset, out in enumerate(outputs):
+            i = start + offset
+            boxes = (out["boxes"].float().cpu() / image_set.scales[i]).numpy()
+            s = image_set.samples[i]
+            boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, s.width)
+            boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, s.height)
+            for box, label, score in zip(boxes.tolist(), out["labels"].tolist(), out["scores"].tolist()):
+                results.append({"image_id": i, "category_id": int(label), "score": float(score),
+                                "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]]})
+    return results
+
+
+def evaluate(model, image_set: ImageSet, class_names: list[str], device: torch.device, gt: COCO | None = None) -> dict:
+    gt = gt or coco_ground_truth(image_set, class_names)
+    return coco_metrics(gt, predict(model, image_set, device), class_names)
+

@@ -1,0 +1,168 @@
+"""A study: the teacher, then every (student method, seed) of a profile, each a row of ``runs.csv``.
+
+Runs are identified by a hash of everything that determines them, so running a profile again skips what already
+finished (ok or failed) and recomputes nothing; a changed hyperparameter makes a new run. A failed run is recorded
+with its reason and the study goes on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from detectors.faster_rcnn import build_faster_rcnn
+from methods.distill.distiller import FasterRCNNDistiller, TeacherCache, parse_method
+from study.cost import measure
+from study.data import DetectionData, load_dataset
+from study.evaluate import evaluate
+from study.images import ImageSet, canvas_size, load_images
+from study.store import read_runs, upsert_run
+from study.train import train
+
+
+@dataclass
+class RunSpec:
+    run_id: str
+    role: str  # "teacher" or "student"
+    backbone: str
+    method: str  # teacher, baseline, or distillation methods joined by '+'
+    seed: int
+    hparams: dict
+
+
+def _run_id(detector: str, backbone: str, method: str, seed: int, hparams: dict) -> str:
+    digest = hashlib.sha1(json.dumps(hparams, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{detector}-{backbone}-{method.replace('+', '_')}-s{seed}-{digest}"
+
+
+def plan_runs(profile: dict, dataset_name: str) -> list[RunSpec]:
+    detector = profile["detector"]
+    common = {"dataset": dataset_name, "image_size": profile["image_size"], "train": profile["train"],
+              "frcnn": profile["frcnn"], "max_train_images": profile["max_train_images"]}
+    t = profile["teacher"]
+    teacher_hp = common | {"role": t}
+    teacher = RunSpec(_run_id(detector, t["backbone"], "teacher", profile["teacher_seed"], teacher_hp), "teacher",
+                      t["backbone"], "teacher", profile["teacher_seed"], teacher_hp)
+    runs = [teacher]
+    s = profile["student"]
+    for method in profile["methods"]:
+        hp = common | {"role": s}
+        if method != "baseline":
+            hp["distill"] = {m: profile["distill"][m] for m in parse_method(method)}
+            hp["teacher_run"] = teacher.run_id
+        for seed in profile["seeds"]:
+            runs.append(RunSpec(_run_id(detector, s["backbone"], method, seed, hp), "student", s["backbone"], method,
+                                seed, hp))
+    return runs
+
+
+class Study:
+    def __init__(self, profile: dict, out_dir: Path, data_spec: str | None = None, device: str | None = None,
+                 progress: bool = True, log=print):
+        self.profile = profile
+        self.out_dir = Path(out_dir)
+        self.runs_csv = self.out_dir / "runs.csv"
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.data_spec = data_spec or profile["data"]
+        self.progress = progress
+        self.log = log
+        self._data: DetectionData | None = None
+        self._sets: dict[str, ImageSet] = {}
+        self._teacher_caches: dict[str, TeacherCache] = {}
+
+    # -------------------------------------------------------------- data, loaded once per study
+    def data(self) -> DetectionData:
+        if self._data is None:
+            self._data = load_dataset(self.data_spec, seed=self.profile["teacher_seed"])
+            for line in self._data.warning_lines():
+                self.log(line)
+        return self._data
+
+    def image_set(self, split: str) -> ImageSet:
+        if split not in self._sets:
+            data = self.data()
+            limit = self.profile["max_train_images" if split == "train" else "max_eval_images"]
+            samples = data.splits[split][:limit] if limit else data.splits[split]
+            canvas = canvas_size([s for v in data.splits.values() for s in v], self.profile["image_size"])
+            self._sets[split] = load_images(samples, canvas, self.profile["image_size"])
+        return self._sets[split]
+
+    # -------------------------------------------------------------- runs
+    def build(self, spec: RunSpec) -> torch.nn.Module:
+        role = spec.hparams["role"]
+        return build_faster_rcnn(spec.backbone, len(self.data().class_names), fpn_channels=role["fpn_channels"],
+                                 roi_dim=role["roi_dim"], **{k: (tuple(v) if isinstance(v, list) else v)
+                                                             for k, v in self.profile["frcnn"].items()})
+
+    def teacher_cache(self, teacher_run: str) -> TeacherCache:
+        if teacher_run not in self._teacher_caches:
+            rows = {r["run_id"]: r for r in read_runs(self.runs_csv)}
+            row = rows.get(teacher_run)
+            if row is None or row["status"] != "ok":
+                reason = row["error"] if row else "it has not run"
+                raise RuntimeError(f"teacher run {teacher_run} is not available ({reason})")
+            teacher_spec = next(s for s in plan_runs(self.profile, self.data().name) if s.run_id == teacher_run)
+            teacher = self.build(teacher_spec)
+            teacher.load_state_dict(torch.load(self.out_dir / "runs" / teacher_run / "best.pt", map_location="cpu"))
+            self._teacher_caches = {teacher_run: TeacherCache(teacher.to(self.device), self.profile["teacher_cache_mb"])}
+        return self._teacher_caches[teacher_run]
+
+    def execute(self, spec: RunSpec) -> dict:
+        run_dir = self.out_dir / "runs" / spec.run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "hparams.json").write_text(json.dumps(spec.hparams, indent=1, sort_keys=True))
+        data = self.data()
+        train_set, val_set, test_set = (self.image_set(s) for s in ("train", "val", "test"))
+        model = self.build(spec)
+        distiller = None
+        if "distill" in spec.hparams:
+            distiller = FasterRCNNDistiller(model, self.teacher_cache(spec.hparams["teacher_run"]),
+                                            spec.hparams["distill"])
+            wrapped, loss_fn = distiller, distiller
+        else:
+            wrapped, loss_fn = model, (lambda images, targets, keys: model(images, targets))
+        try:
+            result = train(wrapped, loss_fn, model, train_set, val_set, data.class_names, self.profile["train"],
+                           spec.hparams["role"]["epochs"], spec.seed, run_dir, self.device, self.progress)
+        finally:
+            if distiller is not None:
+                distiller.remove_hooks()
+        metrics = evaluate(model, test_set, data.class_names, self.device)
+        costs = measure(model, test_set.images[0].float().div(255), self.profile["cost"], run_dir / "best.pt")
+        return costs | metrics | {
+            "adapter_params": distiller.adapter_params() if distiller else 0,
+            "val_map": result["best_val_map"], "best_epoch": result["best_epoch"], "train_s": result["train_s"]}
+
+    def run(self) -> Path:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        specs = plan_runs(self.profile, self.data().name)
+        done = {r["run_id"] for r in read_runs(self.runs_csv) if r["status"] in ("ok", "failed")}
+        self.log(f"study '{self.profile['name']}' on {self.data_spec}: {len(specs)} runs, "
+                 f"{len(done & {s.run_id for s in specs})} already finished, device {self.device}")
+        for n, spec in enumerate(specs, 1):
+            if spec.run_id in done:
+                continue
+            started = time.perf_counter()
+            row = {"run_id": spec.run_id, "profile": self.profile["name"], "dataset": self.data().name,
+                   "detector": self.profile["detector"], "backbone": spec.backbone, "method": spec.method,
+                   "hparams": json.dumps(spec.hparams, sort_keys=True), "seed": spec.seed, "device": str(self.device)}
+            try:
+                result = self.execute(spec)
+                result["per_class_ap"] = json.dumps(result["per_class_ap"])
+                row |= result | {"status": "ok", "error": ""}
+                self.log(f"[{n}/{len(specs)}] {spec.run_id}: mAP {result['map']:.3f} AP50 {result['map50']:.3f} "
+                         f"({time.perf_counter() - started:.0f} s)")
+            except Exception as exc:  # recorded, and the study goes on
+                message = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+                (self.out_dir / "runs" / spec.run_id).mkdir(parents=True, exist_ok=True)
+                (self.out_dir / "runs" / spec.run_id / "error.txt").write_text(traceback.format_exc())
+                row |= {"status": "failed", "error": message,
+                        "train_s": round(time.perf_counter() - started, 1)}
+                self.log(f"[{n}/{len(specs)}] {spec.run_id}: FAILED: {message}")
+            upsert_run(self.runs_csv, row)
+        return self.runs_csv

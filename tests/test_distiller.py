@@ -1,0 +1,96 @@
+"""One distillation step of a tiny Faster R-CNN for every method; gradients, adapters, the teacher cache."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from detectors.faster_rcnn import build_faster_rcnn
+from methods.distill.distiller import FasterRCNNDistiller, TeacherCache, parse_method
+from study.cost import count_params
+
+HP = {"hinton": {"weight": 1.0, "temperature": 4.0}, "fitnets": {"weight": 100.0, "taps": ["c4", "p3"]},
+      "at": {"weight": 1000.0, "p": 2, "taps": ["c3", "c5"]}, "nst": {"weight": 50.0, "taps": ["c3", "p4"]}}
+SMALL = dict(rpn_pre_nms_train=50, rpn_post_nms_train=20, rpn_pre_nms_test=20, rpn_post_nms_test=10,
+             box_batch_per_image=16)
+
+
+def pair():
+    torch.manual_seed(0)
+    student = build_faster_rcnn("shallow", 3, fpn_channels=8, roi_dim=16, **SMALL)
+    teacher = build_faster_rcnn("resnet18", 3, fpn_channels=16, roi_dim=32, **SMALL)
+    return student, teacher
+
+
+def batch():
+    g = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, 64, 96, generator=g) for _ in range(2)]
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [40.0, 10.0, 70.0, 50.0]]),
+                "labels": torch.tensor([1, 2])} for _ in range(2)]
+    return images, targets
+
+
+@pytest.mark.parametrize("method", ["hinton", "fitnets", "at", "nst", "hinton+at", "fitnets+nst"])
+def test_one_distillation_step(method):
+    student, teacher = pair()
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    methods = {m: HP[m] for m in parse_method(method)}
+    distiller = FasterRCNNDistiller(student, TeacherCache(teacher), methods)
+    distiller.train()
+    assert not teacher.training  # the teacher stays in eval mode
+    optimizer = torch.optim.SGD(distiller.parameters(), lr=0.01)
+    images, targets = batch()
+    losses = distiller(images, targets, keys=[(0, 0), (1, 0)])
+    kd_terms = {k for k in losses if k.startswith("kd_")}
+    expected = {"kd_hinton"} if "hinton" in methods else set()
+    for m, hp in methods.items():
+        if m != "hinton":
+            expected |= {f"kd_{m}_{tap}" for tap in hp["taps"]}
+    assert kd_terms == expected
+    assert all(torch.isfinite(v) and v >= 0 for v in losses.values())
+    kd_total = sum(losses[k] for k in kd_terms)
+    kd_total.backward()
+    student_grads = [p.grad for p in student.parameters() if p.grad is not None]
+    assert student_grads and any(g.abs().sum() > 0 for g in student_grads)
+    for p in distiller.adapters.parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    optimizer.step()
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_before.items())
+    distiller.remove_hooks()
+
+
+def test_fitnets_adapters_train_apart_and_are_not_in_the_deployed_student():
+    student, teacher = pair()
+    n_student = count_params(student)
+    distiller = FasterRCNNDistiller(student, TeacherCache(teacher), {"fitnets": HP["fitnets"]})
+    # c4: 64 -> 256 channels (1x1 conv + BN), p3: 8 -> 16
+    assert distiller.adapter_params() == (64 * 256 + 2 * 256) + (8 * 16 + 2 * 16)
+    assert count_params(distiller) == n_student + distiller.adapter_params()
+    assert count_params(student) == n_student
+    assert not any("adapter" in k for k in student.state_dict())
+
+
+def test_teacher_cache_is_exact_and_reused():
+    student, teacher = pair()
+    cache = TeacherCache(teacher)
+    distiller = FasterRCNNDistiller(student, cache, {"at": HP["at"]})
+    distiller.train()
+    images, targets = batch()
+    first = distiller(images, targets, keys=[(0, 0), (1, 0)])["kd_at_c3"]
+    assert (cache.misses, cache.hits) == (2, 0)
+    second = distiller(images, targets, keys=[(0, 0), (1, 0)])["kd_at_c3"]
+    assert (cache.misses, cache.hits) == (2, 2)
+    uncached = distiller(images, targets, keys=None)["kd_at_c3"]
+    assert torch.allclose(second, uncached, atol=1e-6) and torch.allclose(first, second, atol=1e-6)
+
+
+def test_cache_budget_is_respected():
+    _, teacher = pair()
+    cache = TeacherCache(teacher, budget_mb=0)
+    cache.features(torch.rand(2, 3, 64, 96), [(0, 0), (1, 0)])
+    assert cache.store == {} and cache.used_bytes == 0
+
+
+def test_unknown_method_is_named():
+    with pytest.raises(ValueError, match="unknown distillation method 'hinton\\+crd'"):
+        parse_method("hinton+crd")

@@ -1,0 +1,88 @@
+"""The smoke study end to end: runs.csv, resume without recomputation, a failed run recorded, the report."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from study.defaults import load_profile
+from study.runner import Study, plan_runs
+from study.store import COLUMNS, read_runs
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    profile = load_profile("smoke")
+    study = Study(profile, out, progress=False, log=lambda *_: None)
+    runs_csv = study.run()
+    return profile, out, runs_csv
+
+
+def test_smoke_study_writes_every_row_filled(smoke):
+    profile, out, runs_csv = smoke
+    rows = read_runs(runs_csv)
+    assert list(rows[0]) == COLUMNS
+    assert len(rows) == 1 + len(profile["methods"]) * len(profile["seeds"])
+    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+    teacher = [r for r in rows if r["method"] == "teacher"]
+    students = [r for r in rows if r["method"] != "teacher"]
+    assert len(teacher) == 1 and {r["method"] for r in students} == set(profile["methods"])
+    for r in rows:
+        for col in ("run_id", "profile", "dataset", "detector", "backbone", "method", "hparams", "seed", "params",
+                    "gflops", "size_mb", "cpu_ms", "map", "map50", "map75", "per_class_ap", "train_s", "status"):
+            assert r[col] != "", (r["run_id"], col)
+        assert 0 <= float(r["map"]) <= float(r["map50"]) <= 1
+        assert set(json.loads(r["per_class_ap"])) == {"Platelets", "RBC", "WBC"}
+        assert (out / "runs" / r["run_id"] / "best.pt").is_file()
+    assert all(int(teacher[0]["params"]) > int(r["params"]) for r in students)
+    fitnets = [r for r in students if r["method"] == "fitnets"]
+    assert all(int(r["adapter_params"]) > 0 for r in fitnets)
+    assert json.loads(fitnets[0]["hparams"])["distill"]["fitnets"]["weight"] == 100.0
+
+
+def test_rerun_skips_finished_runs(smoke):
+    profile, out, runs_csv = smoke
+    before = read_runs(runs_csv)
+    calls = []
+    study = Study(profile, out, progress=False, log=lambda *_: None)
+    study.execute = lambda spec: calls.append(spec)  # nothing should execute
+    study.run()
+    assert calls == [] and read_runs(runs_csv) == before
+
+
+def test_failed_run_is_recorded_and_the_study_goes_on(smoke, tmp_path):
+    profile, out, _ = smoke
+    profile = dict(profile, methods=["baseline", "at"], seeds=[0])
+    specs = plan_runs(profile, "bccd")
+
+    def failing(spec):
+        if spec.method == "at":
+            raise RuntimeError("simulated\nfailure")
+        return Study.execute(study, spec)
+
+    study = Study(profile, tmp_path, progress=False, log=lambda *_: None)
+    study.execute = failing
+    # reuse the finished teacher: copy its row and checkpoint
+    teacher_id = specs[0].run_id
+    for row in read_runs(out / "runs.csv"):
+        if row["run_id"] == teacher_id:
+            from study.store import upsert_run
+            upsert_run(tmp_path / "runs.csv", row)
+    (tmp_path / "runs" / teacher_id).mkdir(parents=True)
+    (tmp_path / "runs" / teacher_id / "best.pt").write_bytes((out / "runs" / teacher_id / "best.pt").read_bytes())
+    rows = {r["method"]: r for r in read_runs(study.run())}
+    assert rows["at"]["status"] == "failed" and rows["at"]["error"] == "RuntimeError: simulated failure"
+    assert rows["baseline"]["status"] == "ok"
+
+
+def test_report_is_written(smoke):
+    from study.report import write_report
+    _, out, runs_csv = smoke
+    report = write_report(runs_csv, out)
+    text = report.read_text()
+    assert "## Main table" in text and "baseline" in text
+    table = (out / "table.md").read_text()
+    assert table.count("\n") == 2 + 1 + len(load_profile("smoke")["methods"])
+    for name in ("map_vs_params", "map_vs_gflops", "per_class_ap", "training_curves"):
+        assert (out / f"{name}.png").stat().st_size > 1000 and (out / f"{name}.pdf").is_file()
