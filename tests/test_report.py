@@ -1,0 +1,100 @@
+"""Report numbers against hand calculations on a runs.csv written by hand (several methods, seeds, a failed run)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from study.report import group_runs, pareto_front, table_rows, write_report
+from study.store import upsert_run
+
+ROOT = Path(__file__).resolve().parent.parent
+MAPS = {("resnet50", "teacher"): [0.50], ("shallow", "baseline"): [0.40, 0.42, 0.44],
+        ("shallow", "hinton"): [0.43, 0.44, 0.48], ("shallow", "at"): [0.41, 0.40, None]}
+
+
+@pytest.fixture
+def runs_csv(tmp_path):
+    path = tmp_path / "runs.csv"
+    for (backbone, method), maps in MAPS.items():
+        for seed, m in enumerate(maps):
+            row = {"run_id": f"{backbone}-{method}-{seed}", "profile": "hand", "dataset": "toy",
+                   "detector": "faster_rcnn", "backbone": backbone, "method": method, "hparams": "{}",
+                   "seed": seed, "device": "cpu", "train_s": 60}
+            if m is None:
+                row |= {"status": "failed", "error": "TrainingDiverged: non-finite loss"}
+            else:
+                params = 28_000_000 if backbone == "resnet50" else 900_000
+                row |= {"status": "ok", "error": "", "map": m, "map50": m + 0.3, "params": params,
+                        "gflops": params / 1e6 / 3, "size_mb": params * 4 / 1e6, "cpu_ms": params / 1e6 * 2,
+                        "per_class_ap": json.dumps({"a": m, "b": m / 2})}
+            upsert_run(path, row)
+    return path
+
+
+def rows_by_method(runs_csv):
+    from study.store import read_runs
+    return {r["method"]: r for r in table_rows(group_runs(read_runs(runs_csv)))}
+
+
+def test_means_stds_and_deltas_match_hand_calculation(runs_csv):
+    rows = rows_by_method(runs_csv)
+    assert rows["baseline"]["map"] == pytest.approx(0.42) and rows["baseline"]["map_std"] == pytest.approx(0.02)
+    assert rows["hinton"]["map"] == pytest.approx(0.45)
+    assert rows["hinton"]["map_std"] == pytest.approx(math.sqrt((0.02**2 + 0.01**2 + 0.03**2) / 2))
+    assert rows["hinton"]["delta"] == pytest.approx(3.0)  # mAP points
+    assert rows["hinton"]["delta_pct"] == pytest.approx((0.45 / 0.42 - 1) * 100)
+    assert rows["hinton"]["exceeds_spread"] is True  # 0.03 > max(0.0265, 0.02)
+    assert rows["at"]["map"] == pytest.approx(0.405) and rows["at"]["delta"] == pytest.approx(-1.5)
+    assert rows["at"]["exceeds_spread"] is False  # 0.015 < max(0.00707, 0.02): within the seed spread
+
+def test_failed_runs_are_counted_not_dropped(runs_csv):
+    rows = rows_by_method(runs_csv)
+    assert (rows["at"]["seeds"], rows["at"]["failed"]) == (2, 1)
+    assert (rows["hinton"]["seeds"], rows["hinton"]["failed"]) == (3, 0)
+
+
+def test_paired_confidence_intervals(runs_csv):
+    rows = rows_by_method(runs_csv)
+    hinton = rows["hinton"]["paired"]  # differences 0.03, 0.02, 0.04: mean 0.03, sd 0.01, t(2) = 4.303
+    half = 4.303 * 0.01 / math.sqrt(3)
+    assert hinton["n"] == 3 and hinton["mean"] == pytest.approx(0.03)
+    assert (hinton["low"], hinton["high"]) == (pytest.approx(0.03 - half), pytest.approx(0.03 + half))
+    assert hinton["significant"]
+    at = rows["at"]["paired"]  # seeds 0, 1 only: differences 0.01, -0.02: mean -0.005, sd 0.02121, t(1) = 12.706
+    half = 12.706 * math.sqrt(((0.01 + 0.005) ** 2 + (-0.02 + 0.005) ** 2) / 1) / math.sqrt(2)
+    assert at["n"] == 2 and at["mean"] == pytest.approx(-0.005)
+    assert (at["low"], at["high"]) == (pytest.approx(-0.005 - half), pytest.approx(-0.005 + half))
+    assert not at["significant"]
+
+
+def test_pareto_front_by_hand():
+    # (cost, accuracy): b dominates c (same cost, higher acc) and d (more cost, lower acc); a and b and e are optimal
+    points = [(1.0, 0.30), (2.0, 0.45), (2.0, 0.40), (3.0, 0.44), (10.0, 0.50)]
+    assert pareto_front(points) == [0, 1, 4]
+
+
+def test_written_tables_figures_and_report(runs_csv, tmp_path):
+    out = tmp_path / "report"
+    report = write_report(runs_csv, out).read_text()
+    table = (out / "table.md").read_text()
+    assert "| faster_rcnn | shallow | hinton |" in table and "**0.450 ± 0.026**" in table
+    assert "+3.0 | +7.1% | yes | 3 | 0 |" in table
+    assert "| faster_rcnn | shallow | at |" in table and "| 2 | 1 |" in table
+    stats = (out / "stats.md").read_text()
+    assert "| hinton | 3 | +3.00 | [+0.52, +5.48] | significant gain |" in stats
+    assert "| at | 2 | -0.50 |" in stats and "not significant" in stats
+    tex = (out / "table.tex").read_text()
+    assert "\\toprule" in tex and "\\textbf{0.450 $\\pm$ 0.026}" in tex
+    assert "TrainingDiverged" in report  # failed runs are listed with their reason
+    for name in ("map_vs_params", "map_vs_gflops", "per_class_ap"):
+        assert (out / f"{name}.png").stat().st_size > 5000 and (out / f"{name}.pdf").stat().st_size > 1000
+
+
+def test_readme_shows_the_committed_default_table():
+    table = ROOT / "results" / "default" / "table.md"
+    if not table.is_file():
+        pytest.skip("no default study committed yet")
+    assert table.read_text().strip() in (ROOT / "README.md").read_text()
