@@ -22,7 +22,7 @@ DEFAULTS: dict = {
     "student": {"backbone": "shallow", "fpn_channels": 64, "roi_dim": 128, "epochs": 12},
     "frcnn": {"anchor_sizes": [16, 32, 64, 128], "rpn_pre_nms_train": 1000, "rpn_post_nms_train": 500,
               "rpn_pre_nms_test": 500, "rpn_post_nms_test": 200, "rpn_batch_per_image": 256,
-              "box_batch_per_image": 256},
+              "box_batch_per_image": 128},
     # training (torchvision detection references' recipe, scaled to batch 8)
     "train": {"optimizer": "sgd", "batch_size": 8, "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4,
               "warmup_iters": 50, "clip_grad_norm": 10.0, "hflip": True, "vflip": True, "val_every": 2},

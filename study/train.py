@@ -49,11 +49,12 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
 
 def train(model: torch.nn.Module, loss_fn: Callable, student: torch.nn.Module, train_set: ImageSet,
           val_set: ImageSet, class_names: list[str], cfg: dict, epochs: int, seed: int, run_dir: Path,
-          device: torch.device, progress: bool = True) -> dict:
+          device: torch.device, progress: bool = True, on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train ``model`` (the student, or a distiller holding it) with ``loss_fn(images, targets, keys) -> dict``.
 
     Returns the history (per-epoch mean losses, validation mAP) and the best validation mAP; the best student
-    weights are left loaded in ``student`` and saved as ``run_dir/best.pt``.
+    weights are left loaded in ``student`` and saved as ``run_dir/best.pt``. ``on_epoch(record)`` is called after
+    every epoch (a search uses it to report validation mAP and to stop a bad trial by raising).
     """
     generator = seed_everything(seed)
     model.to(device)
@@ -112,6 +113,8 @@ def train(model: torch.nn.Module, loss_fn: Callable, student: torch.nn.Module, t
         (run_dir / "history.json").write_text(json.dumps(history, indent=1))
         tqdm.write(f"{run_dir.name} epoch {epoch}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
+        if on_epoch is not None:
+            on_epoch(record)
     torch.save(student.state_dict(), run_dir / "last.pt")
     student.load_state_dict(torch.load(run_dir / "best.pt", map_location=device))
     train_s = time.perf_counter() - start
