@@ -30,7 +30,7 @@ DEFAULTS: dict = {
     "methods": ["baseline", "hinton", "fitnets", "at", "nst", "hinton+at"],
     "distill": {
         "hinton": {"weight": 1.0, "temperature": 4.0},
-        "fitnets": {"weight": 100.0, "taps": ["p3", "p4", "p5"]},
+        "fitnets": {"weight": 100.0, "taps": ["c3", "c4", "c5"]},
         "at": {"weight": 1000.0, "p": 2, "taps": ["c3", "c4", "c5"]},
         "nst": {"weight": 50.0, "taps": ["c3", "c4", "c5"]},
     },
