@@ -32,3 +32,10 @@ def study(session: nox.Session) -> None:
     profile = os.environ.get("STUDY_PROFILE", "default")
     session.run("python", "-m", "study", "run", "--profile", profile, "--out", f"results/{profile}",
                 "--no-progress", *session.posargs, env=OFFLINE_ENV)
+
+
+@nox.session(python="3.11")
+def search(session: nox.Session) -> None:
+    """Optuna search, e.g. `nox -s search -- --method hinton --n-trials 20` (arguments go to `study search`)."""
+    install(session)
+    session.run("python", "-m", "study", "search", *session.posargs, env=OFFLINE_ENV)

@@ -18,7 +18,7 @@ DEFAULTS: dict = {
     "max_train_images": None,  # None: the whole train split
     "max_eval_images": None,  # None: the whole val / test split
     # detector shapes, per role
-    "teacher": {"backbone": "resnet50", "fpn_channels": 128, "roi_dim": 512, "epochs": 14},
+    "teacher": {"backbone": "resnet50", "fpn_channels": 128, "roi_dim": 512, "epochs": 20},
     "student": {"backbone": "shallow", "fpn_channels": 64, "roi_dim": 128, "epochs": 12},
     "frcnn": {"anchor_sizes": [16, 32, 64, 128], "rpn_pre_nms_train": 1000, "rpn_post_nms_train": 500,
               "rpn_pre_nms_test": 500, "rpn_post_nms_test": 200, "rpn_batch_per_image": 256,
@@ -35,6 +35,8 @@ DEFAULTS: dict = {
         "nst": {"weight": 50.0, "taps": ["c3", "c4", "c5"]},
     },
     "teacher_cache_mb": 4096,
+    # Optuna search: RDB heartbeat (a killed worker's trial is failed and retried after grace_s)
+    "search": {"heartbeat_s": 10, "grace_s": 30},
     # cost measurement
     "cost": {"threads": 2, "warmup": 3, "runs": 20},
 }

@@ -40,7 +40,9 @@ def _run_id(detector: str, backbone: str, method: str, seed: int, hparams: dict)
     return f"{detector}-{backbone}-{method.replace('+', '_')}-s{seed}-{digest}"
 
 
-def plan_runs(profile: dict, dataset_name: str) -> list[RunSpec]:
+def plan_runs(profile: dict, dataset_name: str, tuned: dict[str, dict] | None = None) -> list[RunSpec]:
+    """The teacher run, then each (method, seed) student run. ``tuned`` maps a method to
+    ``{"distill": {...}, "source": {...}}`` from a search; those runs use the tuned hyperparameters."""
     detector = profile["detector"]
     common = {"dataset": dataset_name, "image_size": profile["image_size"], "train": profile["train"],
               "frcnn": profile["frcnn"], "max_train_images": profile["max_train_images"]}
@@ -55,6 +57,8 @@ def plan_runs(profile: dict, dataset_name: str) -> list[RunSpec]:
         if method != "baseline":
             hp["distill"] = {m: profile["distill"][m] for m in parse_method(method)}
             hp["teacher_run"] = teacher.run_id
+            if tuned and method in tuned:
+                hp["distill"], hp["tuned"] = tuned[method]["distill"], tuned[method]["source"]
         for seed in profile["seeds"]:
             runs.append(RunSpec(_run_id(detector, s["backbone"], method, seed, hp), "student", s["backbone"], method,
                                 seed, hp))
@@ -112,12 +116,11 @@ class Study:
             self._teacher_caches = {teacher_run: TeacherCache(teacher.to(self.device), self.profile["teacher_cache_mb"])}
         return self._teacher_caches[teacher_run]
 
-    def execute(self, spec: RunSpec) -> dict:
-        run_dir = self.out_dir / "runs" / spec.run_id
+    def train_run(self, spec: RunSpec, run_dir: Path, on_epoch=None):
+        """Train the run's model (distilled if its hparams say so); returns (model, adapter params, result)."""
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "hparams.json").write_text(json.dumps(spec.hparams, indent=1, sort_keys=True))
-        data = self.data()
-        train_set, val_set, test_set = (self.image_set(s) for s in ("train", "val", "test"))
+        train_set, val_set = self.image_set("train"), self.image_set("val")
         model = self.build(spec)
         distiller = None
         if "distill" in spec.hparams:
@@ -127,20 +130,33 @@ class Study:
         else:
             wrapped, loss_fn = model, (lambda images, targets, keys: model(images, targets))
         try:
-            result = train(wrapped, loss_fn, model, train_set, val_set, data.class_names, self.profile["train"],
-                           spec.hparams["role"]["epochs"], spec.seed, run_dir, self.device, self.progress)
+            result = train(wrapped, loss_fn, model, train_set, val_set, self.data().class_names,
+                           self.profile["train"], spec.hparams["role"]["epochs"], spec.seed, run_dir, self.device,
+                           self.progress, on_epoch)
         finally:
             if distiller is not None:
                 distiller.remove_hooks()
-        metrics = evaluate(model, test_set, data.class_names, self.device)
-        costs = measure(model, test_set.images[0].float().div(255), self.profile["cost"], run_dir / "best.pt")
-        return costs | metrics | {
-            "adapter_params": distiller.adapter_params() if distiller else 0,
-            "val_map": result["best_val_map"], "best_epoch": result["best_epoch"], "train_s": result["train_s"]}
+        return model, (distiller.adapter_params() if distiller else 0), result
 
-    def run(self) -> Path:
+    def execute(self, spec: RunSpec) -> dict:
+        model, adapter_params, result = self.train_run(spec, self.out_dir / "runs" / spec.run_id)
+        test_set = self.image_set("test")
+        metrics = evaluate(model, test_set, self.data().class_names, self.device)
+        costs = measure(model, test_set.images[0].float().div(255), self.profile["cost"],
+                        self.out_dir / "runs" / spec.run_id / "best.pt")
+        return costs | metrics | {"adapter_params": adapter_params, "val_map": result["best_val_map"],
+                                  "best_epoch": result["best_epoch"], "train_s": result["train_s"]}
+
+    def ensure_teacher(self) -> str:
+        """Run the profile's teacher if it has not finished; return its run id."""
+        teacher = plan_runs(self.profile, self.data().name)[0]
+        self.run([teacher])
+        return teacher.run_id
+
+    def run(self, specs: list[RunSpec] | None = None, tuned: dict[str, dict] | None = None) -> Path:
+        """Run ``specs`` (default: the profile's plan, with ``tuned`` hyperparameters where given)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        specs = plan_runs(self.profile, self.data().name)
+        specs = specs if specs is not None else plan_runs(self.profile, self.data().name, tuned)
         done = {r["run_id"] for r in read_runs(self.runs_csv) if r["status"] in ("ok", "failed")}
         self.log(f"study '{self.profile['name']}' on {self.data_spec}: {len(specs)} runs, "
                  f"{len(done & {s.run_id for s in specs})} already finished, device {self.device}")

@@ -1,0 +1,192 @@
+"""Optuna search of a method's hyperparameters on the validation split (never test).
+
+Every method gets the same budget (``--n-trials``) over its own space. The objective is the best validation mAP of
+a student trained with the trial's hyperparameters; a pruner (median or hyperband) stops bad trials from their
+validation mAP per epoch. ``--multi-objective`` searches (validation mAP up, GFLOPs down) with NSGA-II and writes
+the Pareto set.
+
+Storage: a SQLite file under the results folder by default (no server); any Optuna RDB URL
+(``postgresql://user:pw@host/db``) or ``journal:PATH`` (a journal file) for many workers. RDB trials send a
+heartbeat: a worker killed mid-trial leaves a trial that the next worker marks failed and retries with the same
+parameters, so finished trials are never rerun and none is lost. Workers share one budget: a trial started after
+the total was reached by other workers is marked failed ("budget reached") and not counted.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from methods.distill.distiller import parse_method
+from study.cost import count_gflops
+from study.runner import RunSpec, Study, _run_id, plan_runs
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+TAP_CHOICES = ["c3,c4,c5", "c4,c5", "p3,p4,p5"]
+
+
+def suggest(trial: optuna.Trial, method: str) -> dict:
+    """The search space of each distillation method (parts of a combination are searched jointly)."""
+    out = {}
+    for part in parse_method(method):
+        name = (lambda key: f"{part}.{key}") if "+" in method else (lambda key: key)
+        if part == "hinton":
+            out[part] = {"temperature": trial.suggest_float(name("temperature"), 1.0, 8.0),
+                         "weight": trial.suggest_float(name("weight"), 0.1, 10.0, log=True)}
+        elif part == "fitnets":
+            out[part] = {"weight": trial.suggest_float(name("weight"), 0.01, 100.0, log=True),
+                         "taps": trial.suggest_categorical(name("taps"), TAP_CHOICES).split(",")}
+        elif part == "at":
+            out[part] = {"weight": trial.suggest_float(name("weight"), 10.0, 10000.0, log=True),
+                         "p": trial.suggest_categorical(name("p"), [1, 2, 4]),
+                         "taps": trial.suggest_categorical(name("taps"), TAP_CHOICES).split(",")}
+        elif part == "nst":
+            out[part] = {"weight": trial.suggest_float(name("weight"), 1.0, 500.0, log=True),
+                         "taps": trial.suggest_categorical(name("taps"), TAP_CHOICES).split(",")}
+    return out
+
+
+def open_storage(url: str | None, out_dir: Path, heartbeat_s: int = 10, grace_s: int = 30):
+    """SQLite under ``out_dir`` by default; an RDB URL; or ``journal:PATH``."""
+    if url and url.startswith("journal:"):
+        return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    url = url or f"sqlite:///{(Path(out_dir) / 'search.db').resolve()}"
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and the way to survive a kill
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+
+
+def study_name(profile: dict, detector: str, method: str) -> str:
+    return f"{profile['name']}-{detector}-{method}"
+
+
+class BudgetReached(RuntimeError):
+    pass
+
+
+def search(profile: dict, method: str, n_trials: int, out_dir: Path, storage_url: str | None = None,
+           data_spec: str | None = None, device: str | None = None, pruner: str = "median",
+           multi_objective: bool = False, log=print) -> optuna.Study:
+    if method == "baseline":
+        raise ValueError("baseline has no method hyperparameters to search (training settings are shared)")
+    parse_method(method)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runner = Study(profile, out_dir, data_spec, device, progress=False, log=log)
+    teacher_run = runner.ensure_teacher()
+    search_cfg = profile["search"]
+    storage = open_storage(storage_url, out_dir, search_cfg["heartbeat_s"], search_cfg["grace_s"])
+    name = study_name(profile, profile["detector"], method)
+    if multi_objective:
+        name += "-mo"
+        study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                                    directions=["maximize", "minimize"],
+                                    sampler=optuna.samplers.NSGAIISampler(seed=profile["teacher_seed"]))
+    else:
+        chosen = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+                  "hyperband": optuna.pruners.HyperbandPruner(), "none": optuna.pruners.NopPruner()}[pruner]
+        study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
+                                    sampler=optuna.samplers.TPESampler(seed=profile["teacher_seed"]), pruner=chosen)
+    student = next(s for s in plan_runs(profile, runner.data().name) if s.role == "student")
+    seed = profile["seeds"][0]
+
+    def objective(trial: optuna.Trial):
+        active = [t.number for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))]
+        if sorted(active).index(trial.number) >= n_trials:
+            study.stop()
+            raise BudgetReached(f"budget of {n_trials} trials reached by other workers")
+        distill = suggest(trial, method)
+        hp = dict(student.hparams, distill=distill, teacher_run=teacher_run)
+        spec = RunSpec(_run_id(profile["detector"], student.backbone, method, seed, hp), "student",
+                       student.backbone, method, seed, hp)
+
+        def report(record: dict):
+            if "val_map" in record and not multi_objective:
+                trial.report(record["val_map"], record["epoch"])
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at epoch {record['epoch']}")
+
+        model, _, result = runner.train_run(spec, out_dir / "search" / name / f"trial-{trial.number}", report)
+        trial.set_user_attr("distill", distill)
+        if multi_objective:
+            image = runner.image_set("val").images[0].float().div(255)
+            return result["best_val_map"], count_gflops(model.cpu(), image)[0]
+        return result["best_val_map"]
+
+    def stop_at_budget(st: optuna.Study, _trial) -> None:
+        if len(st.get_trials(deepcopy=False, states=FINISHED)) >= n_trials:
+            st.stop()
+
+    if len(study.get_trials(deepcopy=False, states=FINISHED)) < n_trials:
+        study.optimize(objective, n_trials=n_trials * 3, callbacks=[stop_at_budget],
+                       catch=(BudgetReached,), gc_after_trial=True)
+    write_search_report(study, out_dir / "search" / name, multi_objective)
+    return study
+
+
+def best_distill(study: optuna.Study) -> dict:
+    best = study.best_trial
+    return {"distill": best.user_attrs["distill"],
+            "source": {"study": study.study_name, "trial": best.number, "val_map": best.value}}
+
+
+def load_tuned(profile: dict, out_dir: Path, storage_url: str | None) -> dict[str, dict]:
+    """Best trial of each of the profile's methods that has a finished search; others keep their defaults."""
+    storage = open_storage(storage_url, out_dir)
+    tuned = {}
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    for method in profile["methods"]:
+        name = study_name(profile, profile["detector"], method)
+        if name in names:
+            study = optuna.load_study(study_name=name, storage=storage)
+            if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                tuned[method] = best_distill(study)
+    return tuned
+
+
+def write_search_report(study: optuna.Study, out: Path, multi_objective: bool) -> None:
+    """trials.csv, the best parameters (or the Pareto set) and Optuna's matplotlib plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    out.mkdir(parents=True, exist_ok=True)
+    trials = study.get_trials(deepcopy=False)
+    names = sorted({k for t in trials for k in t.params})
+    with (out / "trials.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["number", "state", "values", "duration_s"] + names)
+        for t in trials:
+            duration = t.duration.total_seconds() if t.duration else ""
+            writer.writerow([t.number, t.state.name, t.values, duration] + [t.params.get(n, "") for n in names])
+    if multi_objective:
+        pareto = [{"trial": t.number, "val_map": t.values[0], "gflops": t.values[1], "params": t.params}
+                  for t in study.best_trials]
+        (out / "pareto.json").write_text(json.dumps(pareto, indent=1))
+        plots = {"pareto_front": lambda: ovm.plot_pareto_front(study, target_names=["val mAP", "GFLOPs"])}
+    else:
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if complete:
+            (out / "best.json").write_text(json.dumps(best_distill(study), indent=1))
+        plots = {"optimization_history": lambda: ovm.plot_optimization_history(study),
+                 "param_importances": lambda: ovm.plot_param_importances(study)}
+    for stem, plot in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                ax = plot()
+        except (ValueError, RuntimeError) as exc:  # too few finished trials for that plot
+            (out / f"{stem}.txt").write_text(f"not drawn: {exc}\n")
+            continue
+        ax.figure.tight_layout()
+        ax.figure.savefig(out / f"{stem}.png", dpi=130)
+        plt.close(ax.figure)

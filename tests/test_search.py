@@ -1,0 +1,155 @@
+"""Optuna search: a 4-trial search on SQLite, two workers on one PostgreSQL study, a killed search resumed,
+and the tuned settings fed back into a study run."""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from study.defaults import load_profile
+from study.runner import Study, plan_runs
+from study.search import load_tuned, search
+from study.store import read_runs
+
+ROOT = Path(__file__).resolve().parent.parent
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+@pytest.fixture(scope="module")
+def smoke_with_teacher(tmp_path_factory):
+    """A results folder whose smoke teacher has finished, shared by the searches below."""
+    out = tmp_path_factory.mktemp("search")
+    profile_path = out / "profile.yaml"
+    profile_path.write_text(yaml.safe_dump({"name": "smoke", **yaml.safe_load(
+        (ROOT / "study" / "profiles" / "smoke.yaml").read_text()), "search": {"heartbeat_s": 1, "grace_s": 3}}))
+    profile = load_profile(str(profile_path))
+    Study(profile, out, progress=False, log=lambda *_: None).ensure_teacher()
+    return profile, profile_path, out
+
+
+def finished(study: optuna.Study) -> list:
+    return study.get_trials(deepcopy=False, states=FINISHED)
+
+
+def test_four_trial_search_on_sqlite_and_tuned_rerun(smoke_with_teacher):
+    profile, _, out = smoke_with_teacher
+    study = search(profile, "hinton", 4, out, log=lambda *_: None)
+    assert len(finished(study)) == 4
+    assert (out / "search.db").is_file()
+    report = out / "search" / "smoke-faster_rcnn-hinton"
+    assert (report / "trials.csv").is_file() and (report / "best.json").is_file()
+    assert (report / "optimization_history.png").stat().st_size > 1000
+    tuned = load_tuned(profile, out, None)
+    assert set(tuned) == {"hinton"}
+    assert tuned["hinton"]["distill"] == study.best_trial.user_attrs["distill"]
+    one = dict(profile, methods=["hinton"])
+    specs = plan_runs(one, "bccd", tuned)
+    assert specs[1].hparams["distill"] == tuned["hinton"]["distill"]
+    assert specs[1].hparams["tuned"]["trial"] == study.best_trial.number
+    rows = read_runs(Study(one, out, progress=False, log=lambda *_: None).run(tuned=tuned))
+    tuned_rows = [r for r in rows if '"tuned"' in r["hparams"]]
+    assert len(tuned_rows) == 1 and tuned_rows[0]["status"] == "ok"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres():
+    """A real PostgreSQL server on loopback, started and stopped here (.ci/run installs it if absent)."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+    if not bins:
+        pytest.skip("PostgreSQL server is not installed (.ci/run installs it)")
+    bindir = Path(bins[-1]).parent
+    data = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(data, "postgres", "postgres")
+    subprocess.run(as_user + [str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    port = _free_port()
+    server = subprocess.Popen(as_user + [str(bindir / "postgres"), "-D", str(data / "db"), "-p", str(port),
+                                         "-c", "listen_addresses=127.0.0.1", "-k", str(data)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    for _ in range(100):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            time.sleep(0.1)
+    time.sleep(0.5)
+    yield url
+    server.send_signal(signal.SIGINT)
+    server.wait(timeout=30)
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def _search_cmd(profile_path, out, method, n, storage):
+    return [sys.executable, "-m", "study", "search", "--profile", str(profile_path), "--method", method,
+            "--n-trials", str(n), "--out", str(out), "--storage", storage]
+
+
+def test_two_workers_share_one_postgresql_study(smoke_with_teacher, postgres):
+    profile, profile_path, out = smoke_with_teacher
+    env = dict(os.environ, YOLO_OFFLINE="1")
+    workers = [subprocess.Popen(_search_cmd(profile_path, out, "at", 4, postgres), env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    logs = [w.communicate(timeout=900)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), logs
+    study = optuna.load_study(study_name="smoke-faster_rcnn-at", storage=postgres)
+    done = finished(study)
+    assert len(done) == 4
+    assert len({t.number for t in done}) == 4
+    teacher_rows = [r for r in read_runs(out / "runs.csv") if r["method"] == "teacher"]
+    assert len(teacher_rows) == 1
+
+
+def test_killed_search_resumes_without_losing_or_repeating_trials(smoke_with_teacher):
+    profile, profile_path, out = smoke_with_teacher
+    storage = f"sqlite:///{out / 'kill.db'}"
+    cmd = _search_cmd(profile_path, out, "nst", 3, storage)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    state = []
+    while time.time() < deadline:  # wait for one finished trial and a second one running, then SIGKILL
+        if (out / "kill.db").is_file():
+            try:
+                with sqlite3.connect(out / "kill.db") as db:
+                    state = db.execute("select number, state from trials order by number").fetchall()
+            except sqlite3.Error:
+                state = []
+            if any(s in ("COMPLETE", "PRUNED") for _, s in state) and any(s == "RUNNING" for _, s in state):
+                break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = optuna.load_study(study_name="smoke-faster_rcnn-nst", storage=storage)
+    done_before = {t.number: t.params for t in finished(before)}
+    killed = [t.number for t in before.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    assert killed, state
+    time.sleep(4)  # past the heartbeat's grace period
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, timeout=900)
+    after = optuna.load_study(study_name="smoke-faster_rcnn-nst", storage=storage)
+    done_after = {t.number: t.params for t in finished(after)}
+    assert len(done_after) == 3
+    assert all(done_after[n] == p for n, p in done_before.items())  # finished trials are kept, not rerun
+    states = {t.number: t.state for t in after.get_trials(deepcopy=False)}
+    assert all(states[n] == optuna.trial.TrialState.FAIL for n in killed)  # the interrupted trial is marked failed
+    retried = [t for t in after.get_trials(deepcopy=False) if t.system_attrs.get("failed_trial") in killed]
+    assert retried and all(t.state in FINISHED for t in retried)
