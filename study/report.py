@@ -214,8 +214,8 @@ def write_report(runs_csv: Path, out: Path) -> Path:
     lines = [f"# Report: {', '.join(profiles)} on {', '.join(datasets)}", "",
              f"- runs: {len(all_rows)} ({len(failed)} failed); seeds for student rows: {seeds}; "
              f"image size (longer side): {sorted(hparams)}",
-             f"- hardware: {', '.join(devices)} ({platform.processor() or platform.machine()}); "
-             f"software: Python {platform.python_version()}, torch {torch.__version__}, "
+             f"- hardware: {'; '.join(devices)}; "
+             f"software where this report was written: Python {platform.python_version()}, torch {torch.__version__}, "
              f"torchvision {torchvision.__version__}",
              f"- total training time of the runs: {total_s / 60:.1f} min",
              "- mAP is COCO mAP@[.5:.95] on the test split; GFLOPs = 2 × GMACs of one forward pass; CPU ms is the "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import time
 import traceback
 from dataclasses import dataclass
@@ -63,6 +64,18 @@ def plan_runs(profile: dict, dataset_name: str, tuned: dict[str, dict] | None = 
             runs.append(RunSpec(_run_id(detector, s["backbone"], method, seed, hp), "student", s["backbone"], method,
                                 seed, hp))
     return runs
+
+
+def describe_device(device: torch.device) -> str:
+    """'cuda: NVIDIA H100 ...' or 'cpu: <model name> (N threads)', for the results' hardware column."""
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"cpu: {model} ({torch.get_num_threads()} threads)"
 
 
 class Study:
@@ -166,7 +179,7 @@ class Study:
             started = time.perf_counter()
             row = {"run_id": spec.run_id, "profile": self.profile["name"], "dataset": self.data().name,
                    "detector": self.profile["detector"], "backbone": spec.backbone, "method": spec.method,
-                   "hparams": json.dumps(spec.hparams, sort_keys=True), "seed": spec.seed, "device": str(self.device)}
+                   "hparams": json.dumps(spec.hparams, sort_keys=True), "seed": spec.seed, "device": describe_device(self.device)}
             try:
                 result = self.execute(spec)
                 result["per_class_ap"] = json.dumps(result["per_class_ap"])

@@ -86,3 +86,28 @@ def test_report_is_written(smoke):
     assert table.count("\n") == 2 + 1 + len(load_profile("smoke")["methods"])
     for name in ("map_vs_params", "map_vs_gflops", "per_class_ap", "training_curves"):
         assert (out / f"{name}.png").stat().st_size > 1000 and (out / f"{name}.pdf").is_file()
+
+
+def test_killed_study_resumes_where_it_stopped(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "study", "run", "--profile", "smoke", "--out", str(tmp_path), "--no-progress"]
+    env = dict(os.environ, YOLO_OFFLINE="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(read_runs(tmp_path / "runs.csv")) < 2:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)  # in the middle of the third run
+    proc.wait()
+    before = {r["run_id"]: r for r in read_runs(tmp_path / "runs.csv")}
+    assert 2 <= len(before) < 1 + len(load_profile("smoke")["methods"])
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, timeout=600)
+    after = read_runs(tmp_path / "runs.csv")
+    ids = [r["run_id"] for r in after]
+    assert len(ids) == len(set(ids)) == 1 + len(load_profile("smoke")["methods"])
+    assert all(r["status"] == "ok" for r in after)
+    assert all({**r} == before[r["run_id"]] for r in after if r["run_id"] in before)  # not recomputed
