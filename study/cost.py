@@ -72,15 +72,20 @@ def latency_ms(model: torch.nn.Module, image: torch.Tensor, device: torch.device
     return statistics.median(times)
 
 
-def measure(model: torch.nn.Module, image: torch.Tensor, cfg: dict, weights_path: Path | None = None) -> dict:
-    """All costs of ``model`` (moved to the CPU for CPU latency; CUDA latency where available)."""
+def measure(model: torch.nn.Module, image: torch.Tensor, cfg: dict, weights_path: Path | None = None,
+            flops_model: torch.nn.Module | None = None, cuda: bool = True) -> dict:
+    """All costs of ``model`` (moved to the CPU for CPU latency; CUDA latency where available and ``cuda``).
+
+    ``flops_model`` counts FLOPs in place of ``model`` (an int8 model's quantized kernels are not counted by the
+    FLOP counter, so its float original is counted: the same multiply-adds, in int8).
+    """
     model = model.to("cpu").eval()
-    gflops, proposals = count_gflops(model, image)
+    gflops, proposals = count_gflops(flops_model.to("cpu") if flops_model is not None else model, image)
     out = {"params": count_params(model), "gflops": gflops, "proposals_counted": proposals,
            "size_mb": size_mb(model, weights_path),
            "cpu_ms": latency_ms(model, image, torch.device("cpu"), cfg["warmup"], cfg["runs"], cfg["threads"]),
            "gpu_ms": None}
-    if torch.cuda.is_available():
+    if cuda and torch.cuda.is_available():
         out["gpu_ms"] = latency_ms(model, image, torch.device("cuda"), cfg["warmup"], cfg["runs"])
         model.to("cpu")
     return out

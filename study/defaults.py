@@ -34,6 +34,16 @@ DEFAULTS: dict = {
         "at": {"weight": 1000.0, "p": 2, "taps": ["c3", "c4", "c5"]},
         "nst": {"weight": 50.0, "taps": ["c3", "c4", "c5"]},
     },
+    # compression baselines applied to the trained teacher (rows next to the distilled students)
+    "compress": [],
+    "compression": {
+        "prune": {"criterion": "l1", "flops_reduction": 0.5, "global": False, "finetune_epochs": 4,
+                  "finetune_lr": 0.005},
+        "prune+kd": {"criterion": "l1", "flops_reduction": 0.5, "global": False, "finetune_epochs": 4,
+                     "finetune_lr": 0.005, "kd": {"hinton": {"weight": 1.0, "temperature": 4.0}}},
+        "int8": {"calibration_images": 32, "per_channel": True},
+        "fp16": {},
+    },
     "teacher_cache_mb": 4096,
     # Optuna search: RDB heartbeat (a killed worker's trial is failed and retried after grace_s)
     "search": {"heartbeat_s": 10, "grace_s": 30},

@@ -89,7 +89,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 def table_rows(groups: list[Group]) -> list[dict]:
     """One dict per group with the numbers every table format shows."""
-    baselines = {(g.detector, g.backbone): g for g in groups if g.method == "baseline"}
+    # the reference of a row: its backbone's student trained alone, or (for compressed teachers) the teacher
+    baselines = {(g.detector, g.backbone): g for g in groups if g.method == "teacher"}
+    baselines |= {(g.detector, g.backbone): g for g in groups if g.method == "baseline"}
     rows = []
     for g in groups:
         row = {"detector": g.detector, "backbone": g.backbone, "method": g.method, "seeds": len(g.ok),
@@ -219,11 +221,16 @@ def write_report(runs_csv: Path, out: Path) -> Path:
              f"torchvision {torchvision.__version__}",
              f"- total training time of the runs: {total_s / 60:.1f} min",
              "- mAP is COCO mAP@[.5:.95] on the test split; GFLOPs = 2 × GMACs of one forward pass; CPU ms is the "
-             "median per image at batch 1; Δ is against the same detector and backbone's `baseline`.", "",
+             "median per image at batch 1; Δ is against the same detector and backbone's `baseline` (for a compressed "
+             "teacher: against the teacher).", "",
              "## Main table", "", markdown_table(rows), "## Against baseline (paired over seeds)", "",
              stats_markdown(rows)]
     if failed:
         lines += ["## Failed runs", ""] + [f"- `{r['run_id']}`: {r['error']}" for r in failed] + [""]
+    compressed = [r for r in all_rows if r["status"] == "ok" and r.get("details")]
+    if compressed:
+        lines += ["## Compression details", "", "| Run | Method | Details |", "|---|---|---|"]
+        lines += [f"| `{r['run_id']}` | {r['method']} | {r['details']} |" for r in compressed] + [""]
     lines += ["## Figures", ""] + [f"![{name}]({name})" for name in figures]
     report = out / "REPORT.md"
     report.write_text("\n".join(lines) + "\n")

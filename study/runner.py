@@ -18,6 +18,8 @@ import torch
 
 from detectors.faster_rcnn import build_faster_rcnn
 from methods.distill.distiller import FasterRCNNDistiller, TeacherCache, parse_method
+from methods.prune import prune_backbone
+from methods.quantize import fp16_weights, quantize_backbone_int8, upcast
 from study.cost import measure
 from study.data import DetectionData, load_dataset
 from study.evaluate import evaluate
@@ -29,7 +31,7 @@ from study.train import train
 @dataclass
 class RunSpec:
     run_id: str
-    role: str  # "teacher" or "student"
+    role: str  # "teacher", "student" or "compressed"
     backbone: str
     method: str  # teacher, baseline, or distillation methods joined by '+'
     seed: int
@@ -63,6 +65,17 @@ def plan_runs(profile: dict, dataset_name: str, tuned: dict[str, dict] | None = 
         for seed in profile["seeds"]:
             runs.append(RunSpec(_run_id(detector, s["backbone"], method, seed, hp), "student", s["backbone"], method,
                                 seed, hp))
+    for method in profile["compress"]:
+        if method not in profile["compression"]:
+            raise ValueError(f"unknown compression method '{method}' (known: {', '.join(profile['compression'])})")
+        cfg = profile["compression"][method]
+        hp = common | {"role": t, "compress": {k: v for k, v in cfg.items() if k != "kd"}, "source_run": teacher.run_id}
+        if "kd" in cfg:
+            hp["distill"], hp["teacher_run"] = cfg["kd"], teacher.run_id
+        seeds = profile["seeds"] if method.startswith("prune") else [profile["teacher_seed"]]
+        for seed in seeds:
+            runs.append(RunSpec(_run_id(detector, t["backbone"], method, seed, hp), "compressed", t["backbone"],
+                                method, seed, hp))
     return runs
 
 
@@ -116,25 +129,30 @@ class Study:
                                  roi_dim=role["roi_dim"], **{k: (tuple(v) if isinstance(v, list) else v)
                                                              for k, v in self.profile["frcnn"].items()})
 
+    def load_finished(self, run_id: str) -> torch.nn.Module:
+        """A fresh copy of a finished run's model, from its best checkpoint."""
+        row = {r["run_id"]: r for r in read_runs(self.runs_csv)}.get(run_id)
+        if row is None or row["status"] != "ok":
+            raise RuntimeError(f"run {run_id} is not available ({row['error'] if row else 'it has not run'})")
+        spec = next(s for s in plan_runs(self.profile, self.data().name) if s.run_id == run_id)
+        model = self.build(spec)
+        model.load_state_dict(torch.load(self.out_dir / "runs" / run_id / "best.pt", map_location="cpu"))
+        return model
+
     def teacher_cache(self, teacher_run: str) -> TeacherCache:
         if teacher_run not in self._teacher_caches:
-            rows = {r["run_id"]: r for r in read_runs(self.runs_csv)}
-            row = rows.get(teacher_run)
-            if row is None or row["status"] != "ok":
-                reason = row["error"] if row else "it has not run"
-                raise RuntimeError(f"teacher run {teacher_run} is not available ({reason})")
-            teacher_spec = next(s for s in plan_runs(self.profile, self.data().name) if s.run_id == teacher_run)
-            teacher = self.build(teacher_spec)
-            teacher.load_state_dict(torch.load(self.out_dir / "runs" / teacher_run / "best.pt", map_location="cpu"))
-            self._teacher_caches = {teacher_run: TeacherCache(teacher.to(self.device), self.profile["teacher_cache_mb"])}
+            teacher = self.load_finished(teacher_run).to(self.device)
+            self._teacher_caches = {teacher_run: TeacherCache(teacher, self.profile["teacher_cache_mb"])}
         return self._teacher_caches[teacher_run]
 
-    def train_run(self, spec: RunSpec, run_dir: Path, on_epoch=None):
-        """Train the run's model (distilled if its hparams say so); returns (model, adapter params, result)."""
+    def train_run(self, spec: RunSpec, run_dir: Path, on_epoch=None, model: torch.nn.Module | None = None,
+                  epochs: int | None = None, train_cfg: dict | None = None):
+        """Train the run's model (or ``model``, e.g. a pruned one, to fine-tune), distilled if its hparams say so;
+        returns (model, adapter params, result)."""
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "hparams.json").write_text(json.dumps(spec.hparams, indent=1, sort_keys=True))
         train_set, val_set = self.image_set("train"), self.image_set("val")
-        model = self.build(spec)
+        model = model if model is not None else self.build(spec)
         distiller = None
         if "distill" in spec.hparams:
             distiller = FasterRCNNDistiller(model, self.teacher_cache(spec.hparams["teacher_run"]),
@@ -144,14 +162,16 @@ class Study:
             wrapped, loss_fn = model, (lambda images, targets, keys: model(images, targets))
         try:
             result = train(wrapped, loss_fn, model, train_set, val_set, self.data().class_names,
-                           self.profile["train"], spec.hparams["role"]["epochs"], spec.seed, run_dir, self.device,
-                           self.progress, on_epoch)
+                           train_cfg or self.profile["train"], epochs or spec.hparams["role"]["epochs"], spec.seed,
+                           run_dir, self.device, self.progress, on_epoch)
         finally:
             if distiller is not None:
                 distiller.remove_hooks()
         return model, (distiller.adapter_params() if distiller else 0), result
 
     def execute(self, spec: RunSpec) -> dict:
+        if "compress" in spec.hparams:
+            return self.execute_compression(spec)
         model, adapter_params, result = self.train_run(spec, self.out_dir / "runs" / spec.run_id)
         test_set = self.image_set("test")
         metrics = evaluate(model, test_set, self.data().class_names, self.device)
@@ -159,6 +179,49 @@ class Study:
                         self.out_dir / "runs" / spec.run_id / "best.pt")
         return costs | metrics | {"adapter_params": adapter_params, "val_map": result["best_val_map"],
                                   "best_epoch": result["best_epoch"], "train_s": result["train_s"]}
+
+    def execute_compression(self, spec: RunSpec) -> dict:
+        """Prune (and fine-tune, plainly or distilled from the unpruned model), quantize, or halve the weights of
+        the finished source run's model."""
+        cfg, run_dir = spec.hparams["compress"], self.out_dir / "runs" / spec.run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        model = self.load_finished(spec.hparams["source_run"])
+        test_set, classes = self.image_set("test"), self.data().class_names
+        image = test_set.images[0].float().div(255)
+        details, out = {}, {}
+        eval_device, eval_model, flops_model, cuda = self.device, model, None, True
+        if spec.method.startswith("prune"):
+            train_set = self.image_set("train")
+            batch = train_set.images[:self.profile["train"]["batch_size"]].float().div(255)
+            targets = [{"boxes": train_set.boxes[i], "labels": train_set.labels[i]} for i in range(len(batch))]
+            loss_fn = lambda: sum(model(list(batch), targets).values())  # noqa: E731 - Taylor's gradients
+            torch.manual_seed(spec.seed)  # the random criterion
+            details = prune_backbone(model, image, cfg["criterion"], cfg.get("flops_reduction"),
+                                     cfg.get("channel_ratio"), cfg["global"], loss_fn=loss_fn)
+            details["map_before_finetune"] = evaluate(model.to(self.device), test_set, classes, self.device)["map"]
+            finetune = dict(self.profile["train"], lr=cfg["finetune_lr"])
+            model, out["adapter_params"], result = self.train_run(spec, run_dir, model=model,
+                                                                  epochs=cfg["finetune_epochs"], train_cfg=finetune)
+            out |= {"val_map": result["best_val_map"], "best_epoch": result["best_epoch"],
+                    "train_s": result["train_s"]}
+            torch.save(model, run_dir / "model.pt")  # the pruned architecture with its weights
+            eval_model = model
+        elif spec.method == "int8":
+            calibration = self.image_set("train").images[:cfg["calibration_images"]].float().div(255)
+            eval_model, details = quantize_backbone_int8(model, calibration, cfg["per_channel"])
+            eval_device, flops_model, cuda = torch.device("cpu"), model, False
+        elif spec.method == "fp16":
+            half = fp16_weights(model)
+            details = {"stored": "float16 weights", "cpu_inference": "upcast to float32"}
+            torch.save(half.state_dict(), run_dir / "best.pt")
+            eval_model = upcast(half)
+            details["size_mb_fp16"] = (run_dir / "best.pt").stat().st_size / 1e6
+        metrics = evaluate(eval_model.to(eval_device), test_set, classes, eval_device)
+        weights_path = None if spec.method == "fp16" else run_dir / "best.pt"  # fp16: keep the half file
+        costs = measure(eval_model, image, self.profile["cost"], weights_path, flops_model, cuda)
+        if spec.method == "fp16":
+            costs["size_mb"] = details["size_mb_fp16"]
+        return costs | metrics | out | {"details": json.dumps(details)}
 
     def ensure_teacher(self) -> str:
         """Run the profile's teacher if it has not finished; return its run id."""

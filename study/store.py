@@ -12,7 +12,7 @@ from pathlib import Path
 COLUMNS = ["run_id", "profile", "dataset", "detector", "backbone", "method", "hparams", "seed", "params",
            "adapter_params", "gflops", "proposals_counted", "size_mb", "cpu_ms", "gpu_ms", "map", "map50", "map75",
            "map_small", "map_medium", "map_large", "per_class_ap", "val_map", "best_epoch", "train_s", "device",
-           "status", "error"]
+           "status", "error", "details"]
 
 
 def read_runs(path: Path) -> list[dict]:

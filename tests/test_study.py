@@ -111,3 +111,28 @@ def test_killed_study_resumes_where_it_stopped(tmp_path):
     assert len(ids) == len(set(ids)) == 1 + len(load_profile("smoke")["methods"])
     assert all(r["status"] == "ok" for r in after)
     assert all({**r} == before[r["run_id"]] for r in after if r["run_id"] in before)  # not recomputed
+
+
+def test_compression_rows_reuse_the_teacher(smoke):
+    profile, out, runs_csv = smoke
+    compress = dict(profile, compress=["prune", "prune+kd", "int8", "fp16"],
+                    compression=dict(profile["compression"],
+                                     **{"prune": dict(profile["compression"]["prune"], finetune_epochs=1),
+                                        "prune+kd": dict(profile["compression"]["prune+kd"], finetune_epochs=1)}))
+    rows = read_runs(Study(compress, out, progress=False, log=lambda *_: None).run())
+    by_method = {r["method"]: r for r in rows}
+    teacher = by_method["teacher"]
+    assert len([r for r in rows if r["method"] == "teacher"]) == 1  # reused, not retrained
+    for method in ("prune", "prune+kd", "int8", "fp16"):
+        assert by_method[method]["status"] == "ok", by_method[method]["error"]
+        assert 0 <= float(by_method[method]["map"]) <= 1
+    for method in ("prune", "prune+kd"):
+        details = json.loads(by_method[method]["details"])
+        assert float(by_method[method]["gflops"]) <= 0.5 * float(teacher["gflops"]) * 1.001
+        assert int(by_method[method]["params"]) < int(teacher["params"])
+        assert "map_before_finetune" in details
+    assert json.loads(by_method["prune+kd"]["hparams"])["distill"] == {"hinton": {"weight": 1.0, "temperature": 4.0}}
+    assert float(by_method["int8"]["size_mb"]) < 0.5 * float(teacher["size_mb"])
+    assert float(by_method["int8"]["gflops"]) == pytest.approx(float(teacher["gflops"]), rel=1e-6)
+    assert json.loads(by_method["int8"]["details"])["int8_parts"] == "backbone body + FPN"
+    assert float(by_method["fp16"]["size_mb"]) == pytest.approx(float(teacher["size_mb"]) / 2, rel=0.05)
