@@ -95,8 +95,9 @@ def postgres():
             time.sleep(0.1)
     time.sleep(0.5)
     yield url
-    server.send_signal(signal.SIGINT)
-    server.wait(timeout=30)
+    subprocess.run(as_user + [str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "stop"],
+                   capture_output=True, timeout=60)
+    server.wait(timeout=60)
     shutil.rmtree(data, ignore_errors=True)
 
 
