@@ -140,7 +140,7 @@ def _delta(row: dict) -> tuple[str, str, str]:
 
 
 HEADERS = ["Detector", "Backbone", "Method", "Params (M)", "GFLOPs", "Size (MB)", "CPU ms", "mAP", "AP50",
-           "Δ mAP (pts)", "Δ mAP (%)", "Gain > seed spread", "Seeds", "Failed"]
+           "Δ mAP (pts)", "Δ mAP (%)", "|Δ| > seed spread", "Seeds", "Failed"]
 NUMERIC = [("params", False), ("gflops", False), ("size_mb", False), ("cpu_ms", False), ("map", True), ("map50", True)]
 
 
@@ -163,7 +163,8 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def latex_table(rows: list[dict]) -> str:
-    esc = lambda s: s.replace("%", "\\%").replace("_", "\\_").replace("Δ", "$\\Delta$").replace(">", "$>$")
+    esc = lambda s: (s.replace("%", "\\%").replace("_", "\\_").replace("|Δ|", "$|\\Delta|$")
+                     .replace("Δ", "$\\Delta$").replace(">", "$>$"))
     lines = ["\\begin{tabular}{lll" + "r" * (len(HEADERS) - 3) + "}", "\\toprule",
              " & ".join(esc(h) for h in HEADERS) + " \\\\", "\\midrule"]
     lines += [" & ".join(esc(c) if "\\" not in c else c for c in cells) + " \\\\" for cells in _cells(rows, tex=True)]
