@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 import warnings
 from pathlib import Path
 
@@ -57,14 +58,38 @@ def open_storage(url: str | None, out_dir: Path, heartbeat_s: int = 10, grace_s:
     if url and url.startswith("journal:"):
         return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
     url = url or f"sqlite:///{(Path(out_dir) / 'search.db').resolve()}"
-    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and the way to survive a kill
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+    for attempt in range(5):  # workers starting together on a fresh database race to create its tables
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and how a kill is survived
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+        except Exception:
+            if attempt == 4:
+                raise
+            time.sleep(1 + attempt)
 
 
 def study_name(profile: dict, detector: str, method: str) -> str:
     return f"{profile['name']}-{detector}-{method}"
+
+
+def _create_study(storage, name: str, multi_objective: bool, pruner: str, seed: int) -> optuna.Study:
+    """Create or load the study; retried, since workers starting together race to create it."""
+    for attempt in range(5):
+        try:
+            if multi_objective:
+                return optuna.create_study(study_name=name + "-mo", storage=storage, load_if_exists=True,
+                                           directions=["maximize", "minimize"],
+                                           sampler=optuna.samplers.NSGAIISampler(seed=seed))
+            chosen = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+                      "hyperband": optuna.pruners.HyperbandPruner(), "none": optuna.pruners.NopPruner()}[pruner]
+            return optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
+                                       sampler=optuna.samplers.TPESampler(seed=seed), pruner=chosen)
+        except Exception:
+            if attempt == 4:
+                raise
+            time.sleep(1 + attempt)
 
 
 class BudgetReached(RuntimeError):
@@ -84,16 +109,8 @@ def search(profile: dict, method: str, n_trials: int, out_dir: Path, storage_url
     search_cfg = profile["search"]
     storage = open_storage(storage_url, out_dir, search_cfg["heartbeat_s"], search_cfg["grace_s"])
     name = study_name(profile, profile["detector"], method)
-    if multi_objective:
-        name += "-mo"
-        study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
-                                    directions=["maximize", "minimize"],
-                                    sampler=optuna.samplers.NSGAIISampler(seed=profile["teacher_seed"]))
-    else:
-        chosen = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-                  "hyperband": optuna.pruners.HyperbandPruner(), "none": optuna.pruners.NopPruner()}[pruner]
-        study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
-                                    sampler=optuna.samplers.TPESampler(seed=profile["teacher_seed"]), pruner=chosen)
+    study = _create_study(storage, name, multi_objective, pruner, profile["teacher_seed"])
+    name = study.study_name
     student = next(s for s in plan_runs(profile, runner.data().name) if s.role == "student")
     seed = profile["seeds"][0]
 
