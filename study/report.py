@@ -59,10 +59,14 @@ def group_runs(rows: list[dict]) -> list[Group]:
         key = (r["detector"], r["backbone"], r["method"])
         g = groups.setdefault(key, Group(*key))
         (g.ok if r["status"] == "ok" else g.failed).append(r)
-    role = {"teacher": 0, "baseline": 1}
     first_seen = {key: i for i, key in enumerate(groups)}
-    return sorted(groups.values(), key=lambda g: (g.detector, role.get(g.method, 2), g.backbone,
-                                                  first_seen[(g.detector, g.backbone, g.method)]))
+    teachers = {(d, b) for d, b, m in groups if m == "teacher"}
+
+    def order(g: Group) -> tuple:  # teacher, baseline, distilled students, then compressed teachers
+        role = {"teacher": 0, "baseline": 1}.get(g.method, 3 if (g.detector, g.backbone) in teachers else 2)
+        return g.detector, role, g.backbone, first_seen[(g.detector, g.backbone, g.method)]
+
+    return sorted(groups.values(), key=order)
 
 
 def paired_difference(method: Group, baseline: Group, column: str = "map") -> dict:
@@ -106,7 +110,8 @@ def table_rows(groups: list[Group]) -> list[dict]:
         if base is not None and g.method not in ("baseline", "teacher") and g.ok and base.ok:
             row["delta"] = (row["map"] - base.mean("map")) * 100  # mAP points
             row["delta_pct"] = (row["map"] / base.mean("map") - 1) * 100 if base.mean("map") else None
-            row["exceeds_spread"] = abs(row["map"] - base.mean("map")) > max(g.std("map") or 0, base.std("map") or 0)
+            if len(g.ok) > 1 and len(base.ok) > 1:  # a spread needs at least two seeds on both sides
+                row["exceeds_spread"] = abs(row["map"] - base.mean("map")) > max(g.std("map"), base.std("map"))
             row["paired"] = paired_difference(g, base)
         rows.append(row)
     return rows
@@ -136,7 +141,8 @@ def _delta(row: dict) -> tuple[str, str, str]:
     if row["delta"] is None:
         return "–", "–", "–"
     pct = "–" if row["delta_pct"] is None else f"{row['delta_pct']:+.1f}%"
-    return f"{row['delta']:+.1f}", pct, "yes" if row["exceeds_spread"] else "no"
+    spread = "–" if row["exceeds_spread"] is None else "yes" if row["exceeds_spread"] else "no"
+    return f"{row['delta']:+.1f}", pct, spread
 
 
 HEADERS = ["Detector", "Backbone", "Method", "Params (M)", "GFLOPs", "Size (MB)", "CPU ms", "mAP", "AP50",
@@ -173,15 +179,15 @@ def latex_table(rows: list[dict]) -> str:
 
 
 def stats_markdown(rows: list[dict]) -> str:
-    lines = ["| Detector | Backbone | Method | Paired seeds | Mean Δ mAP (pts) | 95% CI (pts) | Verdict |",
+    lines = ["| Detector | Backbone | Method | Paired seeds | Mean Δ mAP (pts) vs reference | 95% CI (pts) | Verdict |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         p = r.get("paired")
         if not p or p["mean"] is None:
             continue
         ci = "–" if p["low"] is None else f"[{p['low'] * 100:+.2f}, {p['high'] * 100:+.2f}]"
-        verdict = ("significant gain" if p["low"] is not None and p["low"] > 0 else
-                   "significant loss" if p["high"] is not None and p["high"] < 0 else "not significant")
+        verdict = ("too few paired seeds" if p["low"] is None else "significant gain" if p["low"] > 0 else
+                   "significant loss" if p["high"] < 0 else "not significant")
         lines.append(f"| {r['detector']} | {r['backbone']} | {r['method']} | {p['n']} | {p['mean'] * 100:+.2f} | "
                      f"{ci} | {verdict} |")
     return "\n".join(lines) + "\n"

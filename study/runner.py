@@ -20,7 +20,7 @@ from detectors.faster_rcnn import build_faster_rcnn
 from methods.distill.distiller import FasterRCNNDistiller, TeacherCache, parse_method
 from methods.prune import prune_backbone
 from methods.quantize import fp16_weights, quantize_backbone_int8, upcast
-from study.cost import measure
+from study.cost import count_params, measure
 from study.data import DetectionData, load_dataset
 from study.evaluate import evaluate
 from study.images import ImageSet, canvas_size, load_images
@@ -221,6 +221,8 @@ class Study:
         costs = measure(eval_model, image, self.profile["cost"], weights_path, flops_model, cuda)
         if spec.method == "fp16":
             costs["size_mb"] = details["size_mb_fp16"]
+        if flops_model is not None:  # int8 weights are packed buffers, not parameters: count the float original's
+            costs["params"] = count_params(flops_model)
         return costs | metrics | out | {"details": json.dumps(details)}
 
     def ensure_teacher(self) -> str:
