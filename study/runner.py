@@ -235,7 +235,10 @@ class Study:
         """Run ``specs`` (default: the profile's plan, with ``tuned`` hyperparameters where given)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         specs = specs if specs is not None else plan_runs(self.profile, self.data().name, tuned)
-        done = {r["run_id"] for r in read_runs(self.runs_csv) if r["status"] in ("ok", "failed")}
+        # finished: failed, or ok with its checkpoint here (a fresh clone has the committed runs.csv but no
+        # checkpoints, so it reruns the study rather than trusting rows it cannot build on)
+        done = {r["run_id"] for r in read_runs(self.runs_csv) if r["status"] == "failed" or
+                (r["status"] == "ok" and (self.out_dir / "runs" / r["run_id"] / "best.pt").is_file())}
         self.log(f"study '{self.profile['name']}' on {self.data_spec}: {len(specs)} runs, "
                  f"{len(done & {s.run_id for s in specs})} already finished, device {self.device}")
         for n, spec in enumerate(specs, 1):

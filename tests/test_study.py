@@ -137,3 +137,15 @@ def test_compression_rows_reuse_the_teacher(smoke):
     assert by_method["int8"]["params"] == teacher["params"]  # the same weights, stored in int8
     assert json.loads(by_method["int8"]["details"])["int8_parts"] == "backbone body + FPN"
     assert float(by_method["fp16"]["size_mb"]) == pytest.approx(float(teacher["size_mb"]) / 2, rel=0.05)
+
+
+def test_rows_without_checkpoints_are_rerun(smoke, tmp_path):
+    profile, out, runs_csv = smoke
+    from study.store import upsert_run
+    for row in read_runs(runs_csv):  # a fresh clone: the committed runs.csv, no checkpoints
+        upsert_run(tmp_path / "runs.csv", row)
+    calls = []
+    study = Study(dict(profile, methods=["baseline"]), tmp_path, progress=False, log=lambda *_: None)
+    study.execute = lambda spec: calls.append(spec.method) or {"status_note": "stub"}
+    study.run()
+    assert calls == ["teacher", "baseline"]
