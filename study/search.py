@@ -58,14 +58,24 @@ def open_storage(url: str | None, out_dir: Path, heartbeat_s: int = 10, grace_s:
     if url and url.startswith("journal:"):
         return JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
     url = url or f"sqlite:///{(Path(out_dir) / 'search.db').resolve()}"
-    for attempt in range(5):  # workers starting together on a fresh database race to create its tables
+
+    def connect():
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and how a kill is survived
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s,
+                              heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+
+    return _retried(connect)
+
+
+def _retried(make, attempts: int = 5):
+    """``make()``, retried with a growing pause: workers starting together on a fresh database race to create its
+    tables and the study."""
+    for attempt in range(attempts):
         try:
-            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and how a kill is survived
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s,
-                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
+            return make()
         except Exception:
-            if attempt == 4:
+            if attempt == attempts - 1:
                 raise
             time.sleep(1 + attempt)
 
@@ -75,21 +85,16 @@ def study_name(profile: dict, detector: str, method: str) -> str:
 
 
 def _create_study(storage, name: str, multi_objective: bool, pruner: str, seed: int) -> optuna.Study:
-    """Create or load the study; retried, since workers starting together race to create it."""
-    for attempt in range(5):
-        try:
-            if multi_objective:
-                return optuna.create_study(study_name=name + "-mo", storage=storage, load_if_exists=True,
-                                           directions=["maximize", "minimize"],
-                                           sampler=optuna.samplers.NSGAIISampler(seed=seed))
-            chosen = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-                      "hyperband": optuna.pruners.HyperbandPruner(), "none": optuna.pruners.NopPruner()}[pruner]
-            return optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
-                                       sampler=optuna.samplers.TPESampler(seed=seed), pruner=chosen)
-        except Exception:
-            if attempt == 4:
-                raise
-            time.sleep(1 + attempt)
+    """Create or load the study (retried, see :func:`_retried`)."""
+    if multi_objective:
+        return _retried(lambda: optuna.create_study(study_name=name + "-mo", storage=storage, load_if_exists=True,
+                                                    directions=["maximize", "minimize"],
+                                                    sampler=optuna.samplers.NSGAIISampler(seed=seed)))
+    chosen = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+              "hyperband": optuna.pruners.HyperbandPruner(), "none": optuna.pruners.NopPruner()}[pruner]
+    return _retried(lambda: optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                                                direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
+                                                pruner=chosen))
 
 
 class BudgetReached(RuntimeError):
