@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 import torch_pruning as tp
 
-from study.cost import count_gflops
+from study.cost import count_gflops, count_params
 
 IMPORTANCE = {
     "l1": lambda: tp.importance.MagnitudeImportance(p=1, group_reduction="first"),
@@ -49,7 +49,7 @@ def prune_backbone(model: torch.nn.Module, image: torch.Tensor, criterion: str =
     was_training = model.training
     model.eval()
     gflops_before, _ = count_gflops(model, image)
-    params_before = sum(p.numel() for p in model.parameters())
+    params_before = count_params(model)
     example = model.transform([image])[0].tensors
     pruner = tp.pruner.MetaPruner(
         model.backbone, example, importance=IMPORTANCE[criterion](),
@@ -72,5 +72,5 @@ def prune_backbone(model: torch.nn.Module, image: torch.Tensor, criterion: str =
         model.backbone.body_channels = tuple(f.shape[1] for f in model.backbone.body(example).values())
     model.train(was_training)
     return {"gflops_before": gflops_before, "gflops_after": gflops, "params_before": params_before,
-            "params_after": sum(p.numel() for p in model.parameters()),
+            "params_after": count_params(model),
             "body_channels_after": list(model.backbone.body_channels)}
