@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from detectors.faster_rcnn import build_faster_rcnn
-from methods.distill.distiller import FasterRCNNDistiller, TeacherCache, parse_method
+from methods.distill.distiller import Distiller, TeacherCache, parse_method
 from study.cost import count_params
 
 HP = {"hinton": {"weight": 1.0, "temperature": 4.0}, "fitnets": {"weight": 100.0, "taps": ["c4", "p3"]},
@@ -34,7 +34,7 @@ def test_one_distillation_step(method):
     student, teacher = pair()
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     methods = {m: HP[m] for m in parse_method(method)}
-    distiller = FasterRCNNDistiller(student, TeacherCache(teacher), methods)
+    distiller = Distiller(student, TeacherCache(teacher), methods)
     distiller.train()
     assert not teacher.training  # the teacher stays in eval mode
     optimizer = torch.optim.SGD(distiller.parameters(), lr=0.01)
@@ -62,7 +62,7 @@ def test_one_distillation_step(method):
 def test_fitnets_adapters_train_apart_and_are_not_in_the_deployed_student():
     student, teacher = pair()
     n_student = count_params(student)
-    distiller = FasterRCNNDistiller(student, TeacherCache(teacher), {"fitnets": HP["fitnets"]})
+    distiller = Distiller(student, TeacherCache(teacher), {"fitnets": HP["fitnets"]})
     # c4: 64 -> 256 channels (1x1 conv + BN), p3: 8 -> 16
     assert distiller.adapter_params() == (64 * 256 + 2 * 256) + (8 * 16 + 2 * 16)
     assert count_params(distiller) == n_student + distiller.adapter_params()
@@ -73,7 +73,7 @@ def test_fitnets_adapters_train_apart_and_are_not_in_the_deployed_student():
 def test_teacher_cache_is_exact_and_reused():
     student, teacher = pair()
     cache = TeacherCache(teacher)
-    distiller = FasterRCNNDistiller(student, cache, {"at": HP["at"]})
+    distiller = Distiller(student, cache, {"at": HP["at"]})
     distiller.train()
     images, targets = batch()
     first = distiller(images, targets, keys=[(0, 0), (1, 0)])["kd_at_c3"]

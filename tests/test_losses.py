@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.distill import attention_transfer_loss, fitnets_loss, hinton_kd_loss, nst_loss
+from methods.distill import attention_transfer_loss, fitnets_loss, hinton_kd_loss, nst_loss, sigmoid_kd_loss
 
 
 # ------------------------------------------------------------------ hand-computed values
@@ -129,3 +129,19 @@ def test_gradients_reach_the_student_only(loss):
     t = torch.randn(2, 12, 4, 3)  # different channels and spatial size
     loss(s, t).backward()
     assert s.grad is not None and s.grad.abs().sum() > 0
+
+
+def test_sigmoid_kd_hand_value():
+    # one row, two classes, T = 2: p = sigmoid(t/2), q = sigmoid(s/2), loss = 4 * sum_c KL(Bern(p_c) || Bern(q_c))
+    s, t = torch.tensor([[0.0, 2.0]]), torch.tensor([[2.0, -2.0]])
+    p, q = torch.sigmoid(t / 2), torch.sigmoid(s / 2)
+    kl = p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q))
+    expected = 4 * kl.sum().item()
+    # by hand: p = (0.7311, 0.2689), q = (0.5, 0.7311)
+    assert expected == pytest.approx(4 * (0.7311 * math.log(0.7311 / 0.5) + 0.2689 * math.log(0.2689 / 0.5)
+                                          + 0.2689 * math.log(0.2689 / 0.7311) + 0.7311 * math.log(0.7311 / 0.2689)),
+                                     abs=1e-3)
+    assert sigmoid_kd_loss(s, t, 2.0).item() == pytest.approx(expected, abs=1e-5)
+    # mean over rows: a repeated row gives the same value; equal logits give zero
+    assert sigmoid_kd_loss(s.repeat(3, 1), t.repeat(3, 1), 2.0).item() == pytest.approx(expected, abs=1e-5)
+    assert sigmoid_kd_loss(t, t.clone(), 4.0).item() == pytest.approx(0.0, abs=1e-6)

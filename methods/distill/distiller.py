@@ -1,17 +1,22 @@
-"""A thin distillation wrapper around a torchvision Faster R-CNN student and a frozen teacher.
+"""A thin distillation wrapper: a student detector, a frozen teacher of the same family, weighted loss terms.
 
-The student is trained by its own losses plus weighted distillation terms. Forward hooks on the student give its
-feature taps (``c3..c5`` from the backbone body, ``p3..p5`` from the FPN), the proposals its RoI head sampled and
-its RoI classification logits, all from the one training forward pass. The teacher runs in eval mode under
-``torch.no_grad`` on the same normalised canvas batch:
+The student is trained by its own losses plus weighted distillation terms, all from its one training forward
+pass: forward hooks give its feature taps and logits. The teacher runs in eval mode under ``torch.no_grad`` on the
+same input batch. Three detector families, one plain dict of functions each (:data:`FAMILIES`):
 
-- feature methods (FitNets, AT, NST) compare the student's tap with the teacher's tap of the same name;
-- Hinton KD runs the teacher's box head on the teacher's FPN features pooled at the *student's* sampled proposals,
-  so that logit rows line up.
+- Faster R-CNN (torchvision): taps ``c3..c5`` (backbone body) and ``p3..p5`` (FPN); Hinton KD runs the teacher's
+  box head on the teacher's FPN features pooled at the *student's* sampled proposals, so logit rows line up, and
+  compares softmax distributions (:func:`hinton_kd_loss`).
+- FCOS (torchvision): the same taps; Hinton KD on the dense sigmoid class logits at every location
+  (:func:`sigmoid_kd_loss`: a binary KL per class, since a sigmoid head has no softmax over classes).
+- YOLO (ultralytics): taps ``p3..p5`` are the neck maps the Detect head reads; Hinton KD on Detect's dense sigmoid
+  class logits at every anchor point, as for FCOS. Ultralytics sums its losses over the batch, so the
+  distillation terms of a YOLO student are multiplied by the batch size too (weights keep their meaning).
 
-Because the teacher is frozen (eval-mode BN, no dropout) and every image lies on a fixed canvas, its features for an
-(image, flip) pair never change: :class:`TeacherCache` computes them once and reuses them across epochs and across
-the runs of a study. This is exact, not an approximation.
+Feature methods (FitNets, AT, NST) compare the student's tap with the teacher's tap of the same name; FitNets
+maps the student's map through a 1x1 adapter first. Because the teacher is frozen (eval-mode BN, no dropout) and
+every image lies on a fixed canvas, its outputs for an (image, flip) pair never change: :class:`TeacherCache`
+computes them once and reuses them across epochs and across the runs of a study. This is exact.
 """
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ import torch
 from torch import nn
 
 from methods.distill.adapters import FeatureAdapter
-from methods.distill.losses import attention_transfer_loss, fitnets_loss, hinton_kd_loss, nst_loss
+from methods.distill.losses import (attention_transfer_loss, fitnets_loss, hinton_kd_loss, nst_loss,
+                                    sigmoid_kd_loss)
 
 FEATURE_LOSSES = {"fitnets": fitnets_loss, "at": attention_transfer_loss, "nst": nst_loss}
 METHODS = ("hinton",) + tuple(FEATURE_LOSSES)
@@ -34,33 +40,101 @@ def parse_method(method: str) -> list[str]:
     return parts
 
 
+def family_of(model: nn.Module) -> str:
+    """'faster_rcnn', 'fcos' or 'yolo', from the model's class."""
+    name = type(model).__name__
+    if name == "YOLODetector":
+        return "yolo"
+    if name in ("FCOS", "FCOSDetector"):
+        return "fcos"
+    if hasattr(model, "roi_heads"):
+        return "faster_rcnn"
+    raise ValueError(f"no distillation support for {name}")
+
+
+# ------------------------------------------------------------------ per family: the teacher's outputs
+def _torchvision_features(teacher: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    c = teacher.backbone.body(x)
+    return {**c, **teacher.backbone.fpn(c)}
+
+
+def _fcos_features(teacher: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    feats = _torchvision_features(teacher, x)
+    logits = teacher.head.classification_head([feats[k] for k in ("p3", "p4", "p5", "p6")])
+    return feats | {"dense_logits": logits}
+
+
+def _yolo_features(teacher: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    _, preds = teacher.model(x)
+    return dict(zip(("p3", "p4", "p5"), preds["feats"])) | {"dense_logits": preds["scores"].transpose(1, 2)}
+
+
+# ------------------------------------------------------------------ per family: the student's hooks
+def _keep(captured: dict, name: str, pick):
+    def hook(module, args, output):
+        captured[name] = pick(args, output)
+    return hook
+
+
+def _torchvision_hooks(student: nn.Module, captured: dict) -> list:
+    return [student.backbone.register_forward_hook(_keep(captured, "x", lambda a, o: a[0])),
+            student.backbone.body.register_forward_hook(_keep(captured, "body", lambda a, o: dict(o))),
+            student.backbone.fpn.register_forward_hook(_keep(captured, "fpn", lambda a, o: dict(o)))]
+
+
+def _faster_rcnn_hooks(student: nn.Module, captured: dict) -> list:
+    roi = student.roi_heads
+    return _torchvision_hooks(student, captured) + [
+        roi.box_roi_pool.register_forward_hook(_keep(captured, "proposals", lambda a, o: (a[1], a[2]))),
+        roi.box_predictor.register_forward_hook(_keep(captured, "roi_logits", lambda a, o: o[0]))]
+
+
+def _fcos_hooks(student: nn.Module, captured: dict) -> list:
+    return _torchvision_hooks(student, captured) + [
+        student.head.classification_head.register_forward_hook(_keep(captured, "dense_logits", lambda a, o: o))]
+
+
+def _yolo_hooks(student: nn.Module, captured: dict) -> list:
+    detect = student.detect
+    return [student.model.register_forward_hook(_keep(captured, "x", lambda a, o: a[0])),
+            detect.register_forward_hook(_keep(captured, "fpn", lambda a, o: dict(zip(("p3", "p4", "p5"), a[0])))),
+            detect.register_forward_hook(_keep(captured, "dense_logits", lambda a, o: (
+                o if isinstance(o, dict) else o[1])["scores"].transpose(1, 2)))]
+
+
+FAMILIES = {
+    "faster_rcnn": {"teacher": _torchvision_features, "hooks": _faster_rcnn_hooks},
+    "fcos": {"teacher": _fcos_features, "hooks": _fcos_hooks},
+    "yolo": {"teacher": _yolo_features, "hooks": _yolo_hooks},
+}
+
+
 class TeacherCache:
-    """Teacher features (backbone and FPN taps) per (image index, flip code), computed once, bounded in memory."""
+    """The teacher's taps (and dense logits) per (image index, flip code), computed once, bounded in memory."""
 
     def __init__(self, teacher: nn.Module, budget_mb: float = 4096):
         self.teacher = teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
+        self.family = family_of(teacher)
         self.budget_bytes = budget_mb * 2**20
         self.used_bytes = 0
         self.store: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
         self.hits = self.misses = 0
 
     @torch.no_grad()
-    def _compute(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        c = self.teacher.backbone.body(x)
-        p = self.teacher.backbone.fpn(c)
-        return {**c, **p}
+    def compute(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return FAMILIES[self.family]["teacher"](self.teacher, x)
 
     @torch.no_grad()
     def features(self, x: torch.Tensor, keys: list[tuple[int, int]] | None) -> dict[str, torch.Tensor]:
-        """Teacher taps for the normalised batch ``x``; ``keys`` name its images for the cache (None: no cache)."""
+        """Teacher outputs for the input batch ``x``; ``keys`` name its images for the cache (None: no cache)."""
         if keys is None:
-            return self._compute(x)
+            return self.compute(x)
         missing = [i for i, k in enumerate(keys) if k not in self.store]
         self.misses += len(missing)
         self.hits += len(keys) - len(missing)
-        fresh = self._compute(x[missing]) if missing else {}
+        fresh = self.compute(x[missing]) if missing else {}
         rows = {}
         for j, i in enumerate(missing):
             rows[i] = {name: f[j] for name, f in fresh.items()}
@@ -72,7 +146,7 @@ class TeacherCache:
         return {name: torch.stack([f[name] for f in per_image]) for name in per_image[0]}
 
 
-class FasterRCNNDistiller(nn.Module):
+class Distiller(nn.Module):
     """Student + adapters; the teacher (inside ``teacher_cache``) is held outside the module tree.
 
     ``methods`` maps each method name to its hyperparameters, e.g.
@@ -84,38 +158,32 @@ class FasterRCNNDistiller(nn.Module):
         self.student = student
         self.teacher_cache = teacher_cache
         self.methods = methods
-        teacher = teacher_cache.teacher
-        self.adapters = nn.ModuleDict()
-        for tap in methods.get("fitnets", {}).get("taps", []):
-            s_ch, t_ch = (self._tap_channels(student, tap), self._tap_channels(teacher, tap))
-            self.adapters[tap] = FeatureAdapter(s_ch, t_ch)
+        self.family = family_of(student)
+        if self.family != teacher_cache.family:
+            raise ValueError(f"a {self.family} student needs a {self.family} teacher, not {teacher_cache.family}")
+        self.batch_scaled = getattr(student, "losses_summed_over_batch", False)
         self._captured: dict = {}
-        self._hooks = [
-            student.backbone.register_forward_hook(self._keep_input("x")),
-            student.backbone.body.register_forward_hook(self._keep_output("body")),
-            student.backbone.fpn.register_forward_hook(self._keep_output("fpn")),
-            student.roi_heads.box_roi_pool.register_forward_hook(self._keep_roi_input),
-            student.roi_heads.box_predictor.register_forward_hook(self._keep_output("logits")),
-        ]
+        self._hooks = FAMILIES[self.family]["hooks"](student, self._captured)
+        self.adapters = nn.ModuleDict()
+        fitnets_taps = methods.get("fitnets", {}).get("taps", [])
+        if fitnets_taps:
+            s_ch, t_ch = self._tap_channels()
+            for tap in fitnets_taps:
+                self.adapters[tap] = FeatureAdapter(s_ch[tap], t_ch[tap])
 
-    @staticmethod
-    def _tap_channels(model: nn.Module, tap: str) -> int:
-        if tap.startswith("c"):
-            return model.backbone.body_channels[int(tap[1]) - 3]
-        return model.backbone.out_channels
-
-    def _keep_input(self, name):
-        def hook(module, args, output):
-            self._captured[name] = args[0]
-        return hook
-
-    def _keep_output(self, name):
-        def hook(module, args, output):
-            self._captured[name] = output[0] if name == "logits" else output
-        return hook
-
-    def _keep_roi_input(self, module, args, output):
-        self._captured["proposals"], self._captured["image_shapes"] = args[1], args[2]
+    def _tap_channels(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Channels of every tap of the student and the teacher, from one small eval forward of each."""
+        x = torch.zeros(1, 3, 128, 128, device=next(self.student.parameters()).device)
+        was_training = self.student.training
+        with torch.no_grad():
+            self.student.eval()
+            self.student([x[0]])
+            self.student.train(was_training)
+            teacher = self.teacher_cache.compute(self._captured["x"].to(next(self.teacher_cache.teacher.parameters()).device))
+        student_taps = {**self._captured.get("body", {}), **self._captured["fpn"]}
+        self._captured.clear()
+        return ({k: v.shape[1] for k, v in student_taps.items()},
+                {k: v.shape[1] for k, v in teacher.items() if v.dim() == 4})
 
     def adapter_params(self) -> int:
         return sum(p.numel() for p in self.adapters.parameters())
@@ -124,30 +192,40 @@ class FasterRCNNDistiller(nn.Module):
         for h in self._hooks:
             h.remove()
 
+    def _hinton(self, hp: dict, teacher: dict) -> torch.Tensor:
+        cap, T = self._captured, hp["temperature"]
+        if self.family == "faster_rcnn":
+            roi = self.teacher_cache.teacher.roi_heads
+            proposals, image_shapes = cap["proposals"]
+            with torch.no_grad():
+                pooled = roi.box_roi_pool({k: teacher[k] for k in ("p3", "p4", "p5")}, proposals, image_shapes)
+                teacher_logits, _ = roi.box_predictor(roi.box_head(pooled))
+            return hinton_kd_loss(cap["roi_logits"], teacher_logits, T)
+        s, t = cap["dense_logits"], teacher["dense_logits"]
+        return sigmoid_kd_loss(s.flatten(0, 1), t.flatten(0, 1).to(s.dtype), T)
+
     def forward(self, images: list[torch.Tensor], targets: list[dict], keys: list[tuple[int, int]] | None = None):
         """The student's own losses plus one weighted ``kd_<method>[_<tap>]`` term per method and tap."""
         self._captured.clear()
         losses = self.student(images, targets)
         cap = self._captured
-        teacher_feats = self.teacher_cache.features(cap["x"], keys)
-        student_taps = {**cap["body"], **cap["fpn"]}
+        teacher = self.teacher_cache.features(cap["x"], keys)
+        student_taps = {**cap.get("body", {}), **cap["fpn"]}
+        scale = len(images) if self.batch_scaled else 1
         for name, hp in self.methods.items():
             if name == "hinton":
-                roi = self.teacher_cache.teacher.roi_heads
-                with torch.no_grad():
-                    pooled = roi.box_roi_pool({k: teacher_feats[k] for k in ("p3", "p4", "p5")},
-                                              cap["proposals"], cap["image_shapes"])
-                    teacher_logits, _ = roi.box_predictor(roi.box_head(pooled))
-                losses["kd_hinton"] = hp["weight"] * hinton_kd_loss(cap["logits"], teacher_logits, hp["temperature"])
+                losses["kd_hinton"] = scale * hp["weight"] * self._hinton(hp, teacher)
                 continue
             loss_fn = FEATURE_LOSSES[name]
             for tap in hp["taps"]:
-                s, t = student_taps[tap], teacher_feats[tap]
+                if tap not in student_taps:
+                    raise ValueError(f"{self.family} has no feature tap '{tap}' (taps: {', '.join(student_taps)})")
+                s, t = student_taps[tap], teacher[tap]
                 if name == "fitnets":
                     term = loss_fn(self.adapters[tap](s, t.shape[-2:]), t)
                 elif name == "at":
                     term = loss_fn(s, t, hp.get("p", 2))
                 else:
                     term = loss_fn(s, t)
-                losses[f"kd_{name}_{tap}"] = hp["weight"] * term
+                losses[f"kd_{name}_{tap}"] = scale * hp["weight"] * term
         return losses

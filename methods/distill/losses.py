@@ -20,6 +20,24 @@ def hinton_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
                     reduction="batchmean") * T * T
 
 
+def sigmoid_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+    """Hinton KD for sigmoid-classified dense heads (YOLOv8, FCOS): one binary distribution per class.
+
+    Such heads score every class independently with a sigmoid, so there is no softmax over classes to soften.
+    Each (location, class) logit is a Bernoulli distribution; with p = σ(t/T) and q = σ(s/T),
+    loss = T² · (1/N) Σ_rows Σ_c [ p log(p/q) + (1-p) log((1-p)/(1-q)) ],
+    the binary KL summed over classes and averaged over the N rows (locations), the "batchmean" of
+    :func:`hinton_kd_loss`. KL rather than BCE so that the loss is 0 when the student matches the teacher (the
+    two differ by the teacher's entropy, a constant). Logits have shape (N, C).
+    """
+    T = temperature
+    s, t = student_logits / T, teacher_logits / T
+    p = torch.sigmoid(t)
+    cross_entropy = F.binary_cross_entropy_with_logits(s, p, reduction="none")
+    entropy = F.binary_cross_entropy_with_logits(t, p, reduction="none")
+    return (cross_entropy - entropy).sum() / s.shape[0] * T * T
+
+
 def fitnets_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
     """Romero et al. 2015, "FitNets: hints for thin deep nets".
 

@@ -1,0 +1,149 @@
+"""Ultralytics YOLO detectors built from ultralytics' own model YAMLs, behind torchvision's detection interface.
+
+``build_yolo(name, num_classes)`` returns a :class:`YOLODetector` wrapping an ultralytics ``DetectionModel``
+(randomly initialised: no weights are loaded or downloaded) so that the study's loop, evaluator, cost meter and
+distiller treat it like a torchvision detector:
+
+- ``model(images, targets)`` in train mode returns ultralytics' own loss (``v8DetectionLoss``: box IoU, BCE class,
+  DFL, with its gains) as ``{"loss_box", "loss_cls", "loss_dfl"}``. Like ultralytics' trainer, the terms are summed
+  over the batch (its criterion multiplies by the batch size), so the same learning rate, weight decay and gradient
+  clipping mean what they mean in ultralytics;
+- ``model(images)`` in eval mode returns ``[{"boxes" (xyxy canvas pixels), "scores", "labels"}]`` after
+  ultralytics' own NMS with its validator's settings (conf 0.001, IoU 0.7, multi-label, 300 per image);
+- labels are the study's 1-based labels (0 is background in torchvision); YOLO's classes are ``label - 1``.
+
+Feature taps for distillation: ``p3, p4, p5`` are the neck maps the Detect head reads (strides 8, 16, 32), and
+the dense classification logits are the Detect head's ``scores`` (one row per anchor point, sigmoid per class).
+
+Ultralytics is kept offline and quiet: ``YOLO_OFFLINE=1`` (no online checks), ``YOLO_VERBOSE=False``, and
+``YOLO_CONFIG_DIR`` (its settings file) set by :func:`configure_ultralytics` before ultralytics is first imported.
+Nothing here calls ultralytics' trainer, AMP check, downloads or plotting (fonts).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+# name -> (model YAML shipped with ultralytics, scale: a letter of its `scales` table or [depth, width, max_channels])
+YOLO_MODELS: dict[str, tuple[str, str | list]] = {
+    "yolov8n": ("yolov8.yaml", "n"),
+    "yolov8s": ("yolov8.yaml", "s"),
+    "yolov8m": ("yolov8.yaml", "m"),
+    "yolo11n": ("yolo11.yaml", "n"),
+    "yolo11s": ("yolo11.yaml", "s"),
+    # truly small students: YOLOv8n's depth with half (and a quarter of) its width
+    "yolov8t": ("yolov8.yaml", [0.33, 0.125, 1024]),
+    "yolov8p": ("yolov8.yaml", [0.33, 0.0625, 1024]),
+}
+# ultralytics' default loss gains and its validator's NMS settings
+YOLO_DEFAULTS = {"box": 7.5, "cls": 0.5, "dfl": 1.5, "conf": 0.001, "iou": 0.7, "max_det": 300}
+
+
+def configure_ultralytics(config_dir: Path | str | None = None) -> None:
+    """Offline, quiet, and its settings file in ``config_dir`` (default: a folder in the temp dir).
+
+    Takes effect before ultralytics is first imported and where ``YOLO_CONFIG_DIR`` is not set already; later calls
+    only keep it offline.
+    """
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "False")
+    if "ultralytics" not in sys.modules and "YOLO_CONFIG_DIR" not in os.environ:
+        target = Path(config_dir) if config_dir else Path(tempfile.gettempdir()) / f"ultralytics-{os.getuid()}"
+        target.mkdir(parents=True, exist_ok=True)
+        os.environ["YOLO_CONFIG_DIR"] = str(target)
+
+
+def _ultralytics():
+    configure_ultralytics()
+    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+    from ultralytics.utils.loss import v8DetectionLoss
+    from ultralytics.utils.nms import non_max_suppression
+    return DetectionModel, yaml_model_load, v8DetectionLoss, non_max_suppression
+
+
+def yolo_model_dict(name: str) -> dict:
+    """The ultralytics model dict (from its YAML) for one of :data:`YOLO_MODELS`, scale applied."""
+    if name not in YOLO_MODELS:
+        raise ValueError(f"unknown YOLO model '{name}' (known: {', '.join(YOLO_MODELS)})")
+    _, yaml_model_load, _, _ = _ultralytics()
+    yaml_name, scale = YOLO_MODELS[name]
+    cfg = yaml_model_load(yaml_name)
+    if isinstance(scale, list):
+        cfg["scales"], cfg["scale"] = {"custom": scale}, "custom"
+    else:
+        cfg["scale"] = scale
+    return cfg
+
+
+def targets_to_yolo(targets: list[dict], height: int, width: int, device) -> dict:
+    """Torchvision targets (xyxy canvas pixels, 1-based labels) -> ultralytics' batch dict (normalised cxcywh)."""
+    idx, cls, boxes = [], [], []
+    for i, t in enumerate(targets):
+        b = t["boxes"].float()
+        idx.append(torch.full((len(b),), float(i), device=b.device))
+        cls.append(t["labels"].float() - 1)
+        cxcywh = torch.stack(((b[:, 0] + b[:, 2]) / 2 / width, (b[:, 1] + b[:, 3]) / 2 / height,
+                              (b[:, 2] - b[:, 0]) / width, (b[:, 3] - b[:, 1]) / height), 1)
+        boxes.append(cxcywh)
+    return {"batch_idx": torch.cat(idx).to(device), "cls": torch.cat(cls).to(device),
+            "bboxes": torch.cat(boxes).to(device)}
+
+
+class YOLODetector(nn.Module):
+    """An ultralytics ``DetectionModel`` with torchvision's detection interface (see the module docstring)."""
+
+    losses_summed_over_batch = True  # ultralytics' criterion returns loss x batch size; distillation terms follow
+
+    def __init__(self, model: nn.Module, hyp: dict):
+        super().__init__()
+        self.model = model
+        self.hyp = dict(hyp)
+        self.model.args = SimpleNamespace(box=hyp["box"], cls=hyp["cls"], dfl=hyp["dfl"])
+        self._criterion = None  # built lazily on the model's device; not a submodule (nothing to save)
+
+    @property
+    def detect(self) -> nn.Module:
+        return self.model.model[-1]
+
+    def criterion(self):
+        device = next(self.model.parameters()).device
+        if self._criterion is None or self._criterion.device != device:
+            self._criterion = _ultralytics()[2](self.model)
+        return self._criterion
+
+    def __getstate__(self):  # torch.save(model) of a pruned detector: the criterion is rebuilt on use
+        state = self.__dict__.copy()
+        state["_criterion"] = None
+        return state
+
+    def forward(self, images, targets: list[dict] | None = None):
+        x = torch.stack(list(images)) if isinstance(images, (list, tuple)) else images
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are needed in training mode")
+            preds = self.model(x)
+            batch = targets_to_yolo(targets, x.shape[-2], x.shape[-1], x.device)
+            loss, _ = self.criterion().loss(preds, batch)
+            return {"loss_box": loss[0], "loss_cls": loss[1], "loss_dfl": loss[2]}
+        inference, _ = self.model(x)
+        return self.postprocess(inference)
+
+    def postprocess(self, inference: torch.Tensor) -> list[dict]:
+        nms = _ultralytics()[3]
+        kept = nms(inference.float(), self.hyp["conf"], self.hyp["iou"], multi_label=True,
+                   max_det=self.hyp["max_det"], nc=self.detect.nc, max_time_img=3600.0)
+        return [{"boxes": k[:, :4], "scores": k[:, 4], "labels": k[:, 5].long() + 1} for k in kept]
+
+
+def build_yolo(name: str, num_classes: int, **hyp) -> YOLODetector:
+    """A randomly initialised ultralytics YOLO ``name`` (see :data:`YOLO_MODELS`) for ``num_classes`` classes."""
+    DetectionModel = _ultralytics()[0]
+    model = DetectionModel(yolo_model_dict(name), nc=num_classes, verbose=False)
+    return YOLODetector(model, YOLO_DEFAULTS | hyp)
