@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--storage", help="Optuna storage of the searches for --tuned (default: SQLite in --out)")
     search = sub.add_parser("search", help="Optuna search of a method's hyperparameters on the validation split")
     search.add_argument("--profile", default="default", help="profile name (study/profiles) or YAML path")
-    search.add_argument("--detector", default="faster_rcnn", help="detector family (faster_rcnn)")
+    search.add_argument("--detector", default="faster_rcnn", help="detector family: faster_rcnn, yolo, fcos")
     search.add_argument("--method", required=True, help="hinton, fitnets, at, nst or a '+' combination")
     search.add_argument("--n-trials", type=int, required=True, help="total trials over all workers")
     search.add_argument("--storage", help="Optuna RDB URL or journal:PATH (default: SQLite in --out)")
@@ -31,6 +31,21 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--data", help="dataset spec")
     search.add_argument("--device", help="cpu, cuda, ...")
     search.add_argument("--out", help="results folder (default: results/<profile>)")
+    parity = sub.add_parser("parity", help="plain YOLO: this harness vs ultralytics' own trainer, same settings")
+    parity.add_argument("--model", default="yolov8n")
+    parity.add_argument("--image-size", type=int, default=256)
+    parity.add_argument("--epochs", type=int, default=30)
+    parity.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parity.add_argument("--profile", default="default", help="profile whose data and YOLO recipe are used")
+    parity.add_argument("--data", help="dataset spec")
+    parity.add_argument("--device", help="cpu, cuda, ...")
+    parity.add_argument("--out", default="results/parity", help="output folder")
+    bench = sub.add_parser("bench", help="what the harness costs, against torchvision's loop and ultralytics' trainer")
+    bench.add_argument("--profile", default="default", help="profile whose detectors and settings are measured")
+    bench.add_argument("--data", help="dataset spec")
+    bench.add_argument("--device", help="cpu, cuda, ...")
+    bench.add_argument("--out", default="results/bench", help="output folder")
+    bench.add_argument("--train-images", type=int, help="training images per measurement (default 96)")
     report = sub.add_parser("report", help="write tables from a runs.csv")
     report.add_argument("--runs", required=True, help="a runs.csv")
     report.add_argument("--out", required=True, help="output folder")
@@ -38,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from study.report import write_report
     try:
-        if args.command in ("run", "search"):
+        if args.command in ("run", "search", "parity", "bench"):
             from study.defaults import PROJECT_ROOT, load_profile
             profile = load_profile(args.profile)
             out = Path(args.out) if args.out else PROJECT_ROOT / "results" / profile["name"]
@@ -48,16 +63,28 @@ def main(argv: list[str] | None = None) -> int:
             if args.tuned:
                 from study.search import load_tuned
                 tuned = load_tuned(profile, out, args.storage)
-                print(f"tuned hyperparameters for: {', '.join(tuned) or 'no method (no finished search)'}")
+                found = [f"{d} {m}" for d, methods in tuned.items() for m in methods]
+                print(f"tuned hyperparameters for: {', '.join(found) or 'no method (no finished search)'}")
             runs_csv = Study(profile, out, args.data, args.device, progress=not args.no_progress).run(tuned=tuned)
             print(f"wrote {runs_csv} and {write_report(runs_csv, out)}")
         elif args.command == "search":
             from study.search import search as run_search
-            if args.detector != profile["detector"]:
-                raise ValueError(f"detector '{args.detector}' is not in this harness yet (known: {profile['detector']})")
             st = run_search(profile, args.method, args.n_trials, out, args.storage, args.data, args.device,
-                            args.pruner, args.multi_objective)
+                            args.pruner, args.multi_objective, detector=args.detector)
             print(f"search '{st.study_name}': {len(st.trials)} trials in storage; report in {out / 'search'}")
+        elif args.command == "bench":
+            from study.bench import run_bench
+            if "fcos" not in profile["detectors"]:
+                profile["detectors"] = profile["detectors"] + ["fcos"]  # benchmarked even where a profile omits it
+            settings = {"train_images": args.train_images} if args.train_images else None
+            run_bench(profile, Path(args.out), args.data, args.device, settings)
+            print(f"wrote {Path(args.out) / 'bench.md'} and bench.json")
+        elif args.command == "parity":
+            from study.parity import run_parity_seeds
+            r = run_parity_seeds(profile, args.model, args.image_size, args.epochs, args.seeds, Path(args.out),
+                                 args.data, args.device)
+            print(f"harness mAP {r['harness']['map_mean']:.3f}, ultralytics mAP {r['ultralytics']['map_mean']:.3f} "
+                  f"({r['difference_points_mean']:+.2f} points); wrote {Path(args.out) / 'parity.md'}")
         else:
             print(f"wrote {write_report(Path(args.runs), Path(args.out))}")
     except (DataError, FileNotFoundError, ValueError) as exc:

@@ -12,7 +12,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS: dict = {
     "data": "voc:data/bccd",
     "image_size": 256,  # longer side of every image, in pixels
-    "detector": "faster_rcnn",
+    # detector families in a study; Faster R-CNN's settings are the top-level keys below, the others' are their
+    # own sections (``yolo``, ``fcos``), whose ``train`` and ``distill`` override the top-level ones
+    "detectors": ["faster_rcnn", "yolo"],
     "seeds": [0, 1, 2],  # student rows
     "teacher_seed": 0,
     "max_train_images": None,  # None: the whole train split
@@ -23,6 +25,22 @@ DEFAULTS: dict = {
     "frcnn": {"anchor_sizes": [16, 32, 64, 128], "rpn_pre_nms_train": 1000, "rpn_post_nms_train": 500,
               "rpn_pre_nms_test": 500, "rpn_post_nms_test": 200, "rpn_batch_per_image": 256,
               "box_batch_per_image": 128},
+    # ultralytics YOLO from its own YAMLs (no weights): YOLOv8s teacher (11.1 M), a YOLOv8n-depth half-width
+    # student (0.9 M); ultralytics' recipe (SGD 0.01 / 0.937, wd 5e-4 off norms and biases, bias LR 0.1 and
+    # momentum 0.8 at the start of the warm-up, EMA, batch 16, validation every epoch)
+    "yolo": {"teacher": {"model": "yolov8s", "epochs": 30}, "student": {"model": "yolov8t", "epochs": 30},
+             "shape": {"box": 7.5, "cls": 0.5, "dfl": 1.5, "conf": 0.001, "iou": 0.7, "max_det": 300},
+             "train": {"batch_size": 16, "lr": 0.01, "momentum": 0.937, "weight_decay": 5e-4, "nesterov": True,
+                       "warmup_iters": 100, "warmup_bias_lr": 0.1, "warmup_momentum": 0.8, "no_decay_norm_bias": True,
+                       "ema_decay": 0.9999, "ema_tau": 2000, "val_every": 1},
+             "distill": {"fitnets": {"taps": ["p3", "p4", "p5"]}, "at": {"taps": ["p3", "p4", "p5"]},
+                         "nst": {"taps": ["p3", "p4", "p5"]}},
+             "compress": []},
+    # torchvision FCOS over the same backbones and FPN widths as Faster R-CNN (a single-stage head, backbone fixed)
+    "fcos": {"teacher": {"backbone": "resnet50", "fpn_channels": 128, "epochs": 20},
+             "student": {"backbone": "shallow", "fpn_channels": 64, "epochs": 12},
+             "shape": {"head_convs": 4, "score_thresh": 0.05, "detections_per_image": 100},
+             "train": {"lr": 0.01}, "distill": {}, "compress": []},
     # training (torchvision detection references' recipe, scaled to batch 8)
     "train": {"optimizer": "sgd", "batch_size": 8, "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4,
               "warmup_iters": 50, "clip_grad_norm": 10.0, "hflip": True, "vflip": True, "val_every": 2},
@@ -41,7 +59,7 @@ DEFAULTS: dict = {
                   "finetune_lr": 0.005},
         "prune+kd": {"criterion": "l1", "flops_reduction": 0.5, "global": False, "finetune_epochs": 4,
                      "finetune_lr": 0.005, "kd": {"hinton": {"weight": 1.0, "temperature": 4.0}}},
-        "int8": {"calibration_images": 32, "per_channel": True},
+        "int8": {"calibration_images": 32, "per_channel": True, "reduce_range": False},
         "fp16": {},
     },
     "teacher_cache_mb": 4096,

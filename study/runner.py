@@ -17,25 +17,32 @@ from pathlib import Path
 import torch
 
 from detectors.faster_rcnn import build_faster_rcnn
-from methods.distill.distiller import FasterRCNNDistiller, TeacherCache, parse_method
+from detectors.fcos import build_fcos
+from detectors.yolo import build_yolo, configure_ultralytics
+from methods.distill.distiller import Distiller, TeacherCache, parse_method
 from methods.prune import prune_backbone
-from methods.quantize import fp16_weights, quantize_backbone_int8, upcast
+from methods.quantize import fp16_weights, quantize_int8, upcast
 from study.cost import count_params, measure
 from study.data import DetectionData, load_dataset
+from study.defaults import _merge
 from study.evaluate import evaluate
 from study.images import ImageSet, canvas_size, load_images
 from study.store import read_runs, upsert_run
 from study.train import train
 
 
+DETECTORS = ("faster_rcnn", "fcos", "yolo")
+
+
 @dataclass
 class RunSpec:
     run_id: str
     role: str  # "teacher", "student" or "compressed"
-    backbone: str
+    backbone: str  # the backbone (Faster R-CNN, FCOS) or the model (YOLO) of the role
     method: str  # teacher, baseline, or distillation methods joined by '+'
     seed: int
     hparams: dict
+    detector: str = "faster_rcnn"
 
 
 def _run_id(detector: str, backbone: str, method: str, seed: int, hparams: dict) -> str:
@@ -43,40 +50,84 @@ def _run_id(detector: str, backbone: str, method: str, seed: int, hparams: dict)
     return f"{detector}-{backbone}-{method.replace('+', '_')}-s{seed}-{digest}"
 
 
-def plan_runs(profile: dict, dataset_name: str, tuned: dict[str, dict] | None = None) -> list[RunSpec]:
-    """The teacher run, then each (method, seed) student run. ``tuned`` maps a method to
-    ``{"distill": {...}, "source": {...}}`` from a search; those runs use the tuned hyperparameters."""
-    detector = profile["detector"]
-    common = {"dataset": dataset_name, "image_size": profile["image_size"], "train": profile["train"],
-              "frcnn": profile["frcnn"], "max_train_images": profile["max_train_images"]}
-    t = profile["teacher"]
+def detector_config(profile: dict, detector: str) -> dict:
+    """One detector's teacher, student, train, distill, methods, compress and shape settings.
+
+    Faster R-CNN's are the profile's top-level keys (``frcnn`` holds its shape); another family's section
+    (``yolo``, ``fcos``) gives its own roles and shape and overrides ``train``/``distill``/``methods``.
+    """
+    if detector == "faster_rcnn":
+        return {"teacher": profile["teacher"], "student": profile["student"], "train": profile["train"],
+                "distill": profile["distill"], "methods": profile["methods"], "compress": profile["compress"],
+                "compression": profile["compression"], "shape_key": "frcnn", "shape": profile["frcnn"]}
+    if detector not in DETECTORS:
+        raise ValueError(f"unknown detector '{detector}' (known: {', '.join(DETECTORS)})")
+    section = profile[detector]
+    return {"teacher": section["teacher"], "student": section["student"],
+            "train": _merge(profile["train"], section.get("train", {})),
+            "distill": _merge(profile["distill"], section.get("distill", {})),
+            "methods": section.get("methods", profile["methods"]), "compress": section.get("compress", []),
+            "compression": profile["compression"], "shape_key": detector, "shape": section["shape"]}
+
+
+def _role_name(role: dict) -> str:
+    return role.get("backbone") or role["model"]
+
+
+def plan_detector(profile: dict, detector: str, dataset_name: str, tuned: dict[str, dict] | None = None
+                  ) -> list[RunSpec]:
+    """One detector's teacher run, then each (method, seed) student run, then its compression runs. ``tuned``
+    maps a method to ``{"distill": {...}, "source": {...}}`` from a search; those runs use the tuned values."""
+    cfg = detector_config(profile, detector)
+    common = {"dataset": dataset_name, "image_size": profile["image_size"], "train": cfg["train"],
+              cfg["shape_key"]: cfg["shape"], "max_train_images": profile["max_train_images"]}
+    t = cfg["teacher"]
     teacher_hp = common | {"role": t}
-    teacher = RunSpec(_run_id(detector, t["backbone"], "teacher", profile["teacher_seed"], teacher_hp), "teacher",
-                      t["backbone"], "teacher", profile["teacher_seed"], teacher_hp)
+    teacher = RunSpec(_run_id(detector, _role_name(t), "teacher", profile["teacher_seed"], teacher_hp), "teacher",
+                      _role_name(t), "teacher", profile["teacher_seed"], teacher_hp, detector)
     runs = [teacher]
-    s = profile["student"]
-    for method in profile["methods"]:
+    s = cfg["student"]
+    for method in cfg["methods"]:
         hp = common | {"role": s}
         if method != "baseline":
-            hp["distill"] = {m: profile["distill"][m] for m in parse_method(method)}
+            hp["distill"] = {m: cfg["distill"][m] for m in parse_method(method)}
             hp["teacher_run"] = teacher.run_id
             if tuned and method in tuned:
                 hp["distill"], hp["tuned"] = tuned[method]["distill"], tuned[method]["source"]
         for seed in profile["seeds"]:
-            runs.append(RunSpec(_run_id(detector, s["backbone"], method, seed, hp), "student", s["backbone"], method,
-                                seed, hp))
-    for method in profile["compress"]:
-        if method not in profile["compression"]:
-            raise ValueError(f"unknown compression method '{method}' (known: {', '.join(profile['compression'])})")
-        cfg = profile["compression"][method]
-        hp = common | {"role": t, "compress": {k: v for k, v in cfg.items() if k != "kd"}, "source_run": teacher.run_id}
-        if "kd" in cfg:
-            hp["distill"], hp["teacher_run"] = cfg["kd"], teacher.run_id
+            runs.append(RunSpec(_run_id(detector, _role_name(s), method, seed, hp), "student", _role_name(s), method,
+                                seed, hp, detector))
+    for method in cfg["compress"]:
+        if method not in cfg["compression"]:
+            raise ValueError(f"unknown compression method '{method}' (known: {', '.join(cfg['compression'])})")
+        comp = cfg["compression"][method]
+        hp = common | {"role": t, "compress": {k: v for k, v in comp.items() if k != "kd"},
+                       "source_run": teacher.run_id}
+        if "kd" in comp:
+            hp["distill"], hp["teacher_run"] = comp["kd"], teacher.run_id
         seeds = profile["seeds"] if method.startswith("prune") else [profile["teacher_seed"]]
         for seed in seeds:
-            runs.append(RunSpec(_run_id(detector, t["backbone"], method, seed, hp), "compressed", t["backbone"],
-                                method, seed, hp))
+            runs.append(RunSpec(_run_id(detector, _role_name(t), method, seed, hp), "compressed", _role_name(t),
+                                method, seed, hp, detector))
     return runs
+
+
+def plan_runs(profile: dict, dataset_name: str, tuned: dict[str, dict] | None = None) -> list[RunSpec]:
+    """Every detector's plan (:func:`plan_detector`), in the profile's order of ``detectors``."""
+    return [spec for detector in profile["detectors"] for spec in plan_detector(profile, detector, dataset_name,
+                                                                                  (tuned or {}).get(detector))]
+
+
+def build_model(spec: RunSpec, num_classes: int) -> torch.nn.Module:
+    """A randomly initialised model for ``spec``'s detector and role."""
+    role, shape = spec.hparams["role"], spec.hparams.get({"faster_rcnn": "frcnn"}.get(spec.detector, spec.detector))
+    if spec.detector == "yolo":
+        return build_yolo(role["model"], num_classes, **shape)
+    if spec.detector == "fcos":
+        return build_fcos(role["backbone"], num_classes, fpn_channels=role["fpn_channels"], **shape)
+    return build_faster_rcnn(role["backbone"], num_classes, fpn_channels=role["fpn_channels"],
+                             roi_dim=role["roi_dim"], **{k: (tuple(v) if isinstance(v, list) else v)
+                                                         for k, v in shape.items()})
 
 
 def describe_device(device: torch.device) -> str:
@@ -96,6 +147,7 @@ class Study:
                  progress: bool = True, log=print):
         self.profile = profile
         self.out_dir = Path(out_dir)
+        configure_ultralytics(self.out_dir / ".ultralytics")  # its settings file stays in the results folder
         self.runs_csv = self.out_dir / "runs.csv"
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.data_spec = data_spec or profile["data"]
@@ -124,10 +176,7 @@ class Study:
 
     # -------------------------------------------------------------- runs
     def build(self, spec: RunSpec) -> torch.nn.Module:
-        role = spec.hparams["role"]
-        return build_faster_rcnn(spec.backbone, len(self.data().class_names), fpn_channels=role["fpn_channels"],
-                                 roi_dim=role["roi_dim"], **{k: (tuple(v) if isinstance(v, list) else v)
-                                                             for k, v in self.profile["frcnn"].items()})
+        return build_model(spec, len(self.data().class_names))
 
     def load_finished(self, run_id: str) -> torch.nn.Module:
         """A fresh copy of a finished run's model, from its best checkpoint."""
@@ -155,14 +204,14 @@ class Study:
         model = model if model is not None else self.build(spec)
         distiller = None
         if "distill" in spec.hparams:
-            distiller = FasterRCNNDistiller(model, self.teacher_cache(spec.hparams["teacher_run"]),
+            distiller = Distiller(model, self.teacher_cache(spec.hparams["teacher_run"]),
                                             spec.hparams["distill"])
             wrapped, loss_fn = distiller, distiller
         else:
             wrapped, loss_fn = model, (lambda images, targets, keys: model(images, targets))
         try:
             result = train(wrapped, loss_fn, model, train_set, val_set, self.data().class_names,
-                           train_cfg or self.profile["train"], epochs or spec.hparams["role"]["epochs"], spec.seed,
+                           train_cfg or spec.hparams["train"], epochs or spec.hparams["role"]["epochs"], spec.seed,
                            run_dir, self.device, self.progress, on_epoch)
         finally:
             if distiller is not None:
@@ -192,14 +241,15 @@ class Study:
         eval_device, eval_model, flops_model, cuda = self.device, model, None, True
         if spec.method.startswith("prune"):
             train_set = self.image_set("train")
-            batch = train_set.images[:self.profile["train"]["batch_size"]].float().div(255)
+            batch = train_set.images[:spec.hparams["train"]["batch_size"]].float().div(255)
             targets = [{"boxes": train_set.boxes[i], "labels": train_set.labels[i]} for i in range(len(batch))]
             loss_fn = lambda: sum(model(list(batch), targets).values())  # noqa: E731 - Taylor's gradients
             torch.manual_seed(spec.seed)  # the random criterion
             details = prune_backbone(model, image, cfg["criterion"], cfg.get("flops_reduction"),
-                                     cfg.get("channel_ratio"), cfg["global"], loss_fn=loss_fn)
+                                     cfg.get("channel_ratio"), cfg["global"], loss_fn=loss_fn,
+                                     round_to=cfg.get("round_to"))
             details["map_before_finetune"] = evaluate(model.to(self.device), test_set, classes, self.device)["map"]
-            finetune = dict(self.profile["train"], lr=cfg["finetune_lr"])
+            finetune = dict(spec.hparams["train"], lr=cfg["finetune_lr"])
             model, out["adapter_params"], result = self.train_run(spec, run_dir, model=model,
                                                                   epochs=cfg["finetune_epochs"], train_cfg=finetune)
             out |= {"val_map": result["best_val_map"], "best_epoch": result["best_epoch"],
@@ -208,7 +258,7 @@ class Study:
             eval_model = model
         elif spec.method == "int8":
             calibration = self.image_set("train").images[:cfg["calibration_images"]].float().div(255)
-            eval_model, details = quantize_backbone_int8(model, calibration, cfg["per_channel"])
+            eval_model, details = quantize_int8(model, calibration, cfg["per_channel"], cfg.get("reduce_range", False))
             eval_device, flops_model, cuda = torch.device("cpu"), model, False
         elif spec.method == "fp16":
             half = fp16_weights(model)
@@ -225,9 +275,9 @@ class Study:
             costs["params"] = count_params(flops_model)
         return costs | metrics | out | {"details": json.dumps(details)}
 
-    def ensure_teacher(self) -> str:
-        """Run the profile's teacher if it has not finished; return its run id."""
-        teacher = plan_runs(self.profile, self.data().name)[0]
+    def ensure_teacher(self, detector: str = "faster_rcnn") -> str:
+        """Run the profile's teacher of ``detector`` if it has not finished; return its run id."""
+        teacher = plan_detector(self.profile, detector, self.data().name)[0]
         self.run([teacher])
         return teacher.run_id
 
@@ -246,12 +296,12 @@ class Study:
                 continue
             started = time.perf_counter()
             row = {"run_id": spec.run_id, "profile": self.profile["name"], "dataset": self.data().name,
-                   "detector": self.profile["detector"], "backbone": spec.backbone, "method": spec.method,
+                   "detector": spec.detector, "backbone": spec.backbone, "method": spec.method,
                    "hparams": json.dumps(spec.hparams, sort_keys=True), "seed": spec.seed, "device": describe_device(self.device)}
             try:
                 result = self.execute(spec)
                 result["per_class_ap"] = json.dumps(result["per_class_ap"])
-                row |= result | {"status": "ok", "error": ""}
+                row |= result | {"status": "ok", "error": "", "wall_s": round(time.perf_counter() - started, 1)}
                 self.log(f"[{n}/{len(specs)}] {spec.run_id}: mAP {result['map']:.3f} AP50 {result['map50']:.3f} "
                          f"({time.perf_counter() - started:.0f} s)")
             except Exception as exc:  # recorded, and the study goes on
@@ -259,7 +309,8 @@ class Study:
                 (self.out_dir / "runs" / spec.run_id).mkdir(parents=True, exist_ok=True)
                 (self.out_dir / "runs" / spec.run_id / "error.txt").write_text(traceback.format_exc())
                 row |= {"status": "failed", "error": message,
-                        "train_s": round(time.perf_counter() - started, 1)}
+                        "train_s": round(time.perf_counter() - started, 1),
+                        "wall_s": round(time.perf_counter() - started, 1)}
                 self.log(f"[{n}/{len(specs)}] {spec.run_id}: FAILED: {message}")
             upsert_run(self.runs_csv, row)
         return self.runs_csv

@@ -26,15 +26,17 @@ from optuna.trial import TrialState
 
 from methods.distill.distiller import parse_method
 from study.cost import count_gflops
-from study.runner import RunSpec, Study, _run_id, plan_runs
+from study.runner import RunSpec, Study, _run_id, detector_config, plan_detector
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-TAP_CHOICES = ["c3,c4,c5", "c4,c5", "p3,p4,p5"]
+TAP_CHOICES = {"faster_rcnn": ["c3,c4,c5", "c4,c5", "p3,p4,p5"], "fcos": ["c3,c4,c5", "c4,c5", "p3,p4,p5"],
+               "yolo": ["p3,p4,p5", "p4,p5", "p3"]}  # YOLO's taps are its neck maps
 
 
-def suggest(trial: optuna.Trial, method: str) -> dict:
+def suggest(trial: optuna.Trial, method: str, detector: str = "faster_rcnn") -> dict:
     """The search space of each distillation method (parts of a combination are searched jointly)."""
     out = {}
+    tap_choices = TAP_CHOICES[detector]
     for part in parse_method(method):
         name = (lambda key: f"{part}.{key}") if "+" in method else (lambda key: key)
         if part == "hinton":
@@ -42,14 +44,14 @@ def suggest(trial: optuna.Trial, method: str) -> dict:
                          "weight": trial.suggest_float(name("weight"), 0.1, 10.0, log=True)}
         elif part == "fitnets":
             out[part] = {"weight": trial.suggest_float(name("weight"), 0.01, 100.0, log=True),
-                         "taps": trial.suggest_categorical(name("taps"), TAP_CHOICES).split(",")}
+                         "taps": trial.suggest_categorical(name("taps"), tap_choices).split(",")}
         elif part == "at":
             out[part] = {"weight": trial.suggest_float(name("weight"), 10.0, 10000.0, log=True),
                          "p": trial.suggest_categorical(name("p"), [1, 2, 4]),
-                         "taps": trial.suggest_categorical(name("taps"), TAP_CHOICES).split(",")}
+                         "taps": trial.suggest_categorical(name("taps"), tap_choices).split(",")}
         elif part == "nst":
             out[part] = {"weight": trial.suggest_float(name("weight"), 1.0, 500.0, log=True),
-                         "taps": trial.suggest_categorical(name("taps"), TAP_CHOICES).split(",")}
+                         "taps": trial.suggest_categorical(name("taps"), tap_choices).split(",")}
     return out
 
 
@@ -103,20 +105,23 @@ class BudgetReached(RuntimeError):
 
 def search(profile: dict, method: str, n_trials: int, out_dir: Path, storage_url: str | None = None,
            data_spec: str | None = None, device: str | None = None, pruner: str = "median",
-           multi_objective: bool = False, log=print) -> optuna.Study:
+           multi_objective: bool = False, log=print, detector: str = "faster_rcnn") -> optuna.Study:
     if method == "baseline":
         raise ValueError("baseline has no method hyperparameters to search (training settings are shared)")
     parse_method(method)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runner = Study(profile, out_dir, data_spec, device, progress=False, log=log)
-    teacher_run = runner.ensure_teacher()
+    plan = plan_detector(profile, detector, runner.data().name)
+    student = next((s for s in plan if s.role == "student"), None)
+    if student is None:
+        raise ValueError(f"profile '{profile['name']}' trains no {detector} student to search for (methods: none)")
+    teacher_run = runner.ensure_teacher(detector)
     search_cfg = profile["search"]
     storage = open_storage(storage_url, out_dir, search_cfg["heartbeat_s"], search_cfg["grace_s"])
-    name = study_name(profile, profile["detector"], method)
+    name = study_name(profile, detector, method)
     study = _create_study(storage, name, multi_objective, pruner, profile["teacher_seed"])
     name = study.study_name
-    student = next(s for s in plan_runs(profile, runner.data().name) if s.role == "student")
     seed = profile["seeds"][0]
 
     def objective(trial: optuna.Trial):
@@ -124,10 +129,10 @@ def search(profile: dict, method: str, n_trials: int, out_dir: Path, storage_url
         if sorted(active).index(trial.number) >= n_trials:
             study.stop()
             raise BudgetReached(f"budget of {n_trials} trials reached by other workers")
-        distill = suggest(trial, method)
+        distill = suggest(trial, method, detector)
         hp = dict(student.hparams, distill=distill, teacher_run=teacher_run)
-        spec = RunSpec(_run_id(profile["detector"], student.backbone, method, seed, hp), "student",
-                       student.backbone, method, seed, hp)
+        spec = RunSpec(_run_id(detector, student.backbone, method, seed, hp), "student",
+                       student.backbone, method, seed, hp, detector)
 
         def report(record: dict):
             if "val_map" in record and not multi_objective:
@@ -159,17 +164,19 @@ def best_distill(study: optuna.Study) -> dict:
             "source": {"study": study.study_name, "trial": best.number, "val_map": best.value}}
 
 
-def load_tuned(profile: dict, out_dir: Path, storage_url: str | None) -> dict[str, dict]:
-    """Best trial of each of the profile's methods that has a finished search; others keep their defaults."""
+def load_tuned(profile: dict, out_dir: Path, storage_url: str | None) -> dict[str, dict[str, dict]]:
+    """{detector: {method: best trial}} for each of the profile's (detector, method) pairs that has a finished
+    search; the others keep their defaults."""
     storage = open_storage(storage_url, out_dir)
-    tuned = {}
+    tuned: dict[str, dict[str, dict]] = {}
     names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-    for method in profile["methods"]:
-        name = study_name(profile, profile["detector"], method)
-        if name in names:
-            study = optuna.load_study(study_name=name, storage=storage)
-            if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-                tuned[method] = best_distill(study)
+    for detector in profile["detectors"]:
+        for method in detector_config(profile, detector)["methods"]:
+            name = study_name(profile, detector, method)
+            if name in names:
+                study = optuna.load_study(study_name=name, storage=storage)
+                if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                    tuned.setdefault(detector, {})[method] = best_distill(study)
     return tuned
 
 

@@ -6,6 +6,7 @@ seeded. The validation split picks the best epoch (``best.pt``); ``last.pt`` is 
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -30,13 +31,54 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def make_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    """SGD or AdamW over the trainable parameters; with ``no_decay_norm_bias`` (ultralytics' and timm's recipe),
+    weight decay applies to conv/linear weights only: three groups, weights / norm weights / biases (the last one
+    is the group :func:`lr_factors` can warm up on its own)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for _, p in named]}]
+    if cfg.get("no_decay_norm_bias"):
+        groups = [{"params": [p for _, p in named if p.ndim > 1]},
+                  {"params": [p for n, p in named if p.ndim <= 1 and not n.endswith("bias")], "weight_decay": 0.0},
+                  {"params": [p for n, p in named if p.ndim <= 1 and n.endswith("bias")], "weight_decay": 0.0}]
     if cfg["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+        return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],
+                               nesterov=bool(cfg.get("nesterov")))
     if cfg["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        return torch.optim.AdamW(groups, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     raise ValueError(f"unknown optimizer '{cfg['optimizer']}' (sgd, adamw)")
+
+
+class WeightEMA:
+    """Exponential moving average of a model's floating-point state (weights and BN statistics), as ultralytics
+    keeps it: after update n, ema = d·ema + (1-d)·model with d = decay·(1 - exp(-n / tau)), so the average
+    starts as a copy and smooths more as training goes on."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, tau: float):
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.decay, self.tau, self.updates = decay, tau, 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = self.decay * (1 - math.exp(-self.updates / self.tau))
+        source = model.state_dict()
+        for name, value in self.model.state_dict().items():
+            if value.dtype.is_floating_point:
+                value.mul_(d).add_(source[name].detach(), alpha=1 - d)
+
+
+def lr_factors(cfg: dict, n_groups: int, total: int, warmup: int) -> list:
+    """One LR factor function per parameter group: :func:`warmup_cosine` for all; with ``warmup_bias_lr``
+    (ultralytics' recipe) the bias group starts at that LR instead and falls linearly to the schedule's value."""
+    factors = [lambda s: warmup_cosine(s, total, warmup)] * n_groups
+    if cfg.get("warmup_bias_lr") and n_groups == 3:
+        start = cfg["warmup_bias_lr"] / cfg["lr"]
+        factors[2] = lambda s: (start + (warmup_cosine(warmup, total, warmup) - start) * s / warmup
+                                if s < warmup else warmup_cosine(s, total, warmup))
+    return factors
 
 
 def warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -58,13 +100,19 @@ def train(model: torch.nn.Module, loss_fn: Callable, student: torch.nn.Module, t
     """
     generator = seed_everything(seed)
     model.to(device)
-    optimizer = make_optimizer(model.parameters(), cfg)
+    optimizer = make_optimizer(model, cfg)
+    ema = WeightEMA(student, cfg["ema_decay"], cfg.get("ema_tau", 2000)) if cfg.get("ema_decay") else None
+    evaluated = ema.model if ema is not None else student  # what is validated and saved
     batch_size = cfg["batch_size"]
     steps_per_epoch = math.ceil(len(train_set) / batch_size)
     total_steps = epochs * steps_per_epoch
     warmup = min(cfg["warmup_iters"], max(1, total_steps // 3))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps, warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factors(cfg, len(optimizer.param_groups),
+                                                                         total_steps, warmup))
+    momentum_warmup = cfg.get("warmup_momentum") if cfg["optimizer"] == "sgd" else None
+    global_step = 0
     use_amp = device.type == "cuda"
+    sync_free = device.type == "cuda"  # on a GPU, losses are checked once per epoch instead of every step
     val_gt = coco_ground_truth(val_set, class_names)
     history, best_map, best_epoch = [], -1.0, -1
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -87,35 +135,45 @@ def train(model: torch.nn.Module, loss_fn: Callable, student: torch.nn.Module, t
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 losses = loss_fn(list(images), targets, keys)
             loss = sum(losses.values())
-            if not torch.isfinite(loss):
+            if not sync_free and not torch.isfinite(loss):
                 bad = [k for k, v in losses.items() if not torch.isfinite(v)]
                 raise TrainingDiverged(f"non-finite loss ({', '.join(bad)}) at epoch {epoch}, step {step + 1}")
+            if momentum_warmup is not None and global_step <= warmup:  # ultralytics: momentum rises during warm-up
+                for group in optimizer.param_groups:
+                    group["momentum"] = momentum_warmup + (cfg["momentum"] - momentum_warmup) * global_step / warmup
+            global_step += 1
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg["clip_grad_norm"]:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip_grad_norm"])
             optimizer.step()
             scheduler.step()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * len(idx)
+            if ema is not None:
+                ema.update(student)
+            for k, v in losses.items():  # kept on the device: no host sync per step
+                sums[k] = sums.get(k, 0.0) + v.detach().float() * len(idx)
             seen += len(idx)
-            if progress:
+            if progress and step % 10 == 0:
                 bar.set_postfix(loss=f"{float(loss):.3f}", img_s=f"{seen / (time.perf_counter() - epoch_start):.1f}")
+        epoch_losses = {k: float(v) / seen for k, v in sums.items()}  # one host sync per epoch
+        if sync_free and not all(math.isfinite(v) for v in epoch_losses.values()):
+            bad = [k for k, v in epoch_losses.items() if not math.isfinite(v)]
+            raise TrainingDiverged(f"non-finite loss ({', '.join(bad)}) at epoch {epoch}")
         record = {"epoch": epoch, "img_s": seen / (time.perf_counter() - epoch_start),
-                  "lr": optimizer.param_groups[0]["lr"]} | {k: v / seen for k, v in sums.items()}
-        record["loss"] = sum(v for k, v in record.items() if k.startswith("loss") or k.startswith("kd_"))
+                  "lr": optimizer.param_groups[0]["lr"]} | epoch_losses
+        record["loss"] = sum(epoch_losses.values())
         if epoch % cfg["val_every"] == 0 or epoch == epochs:
-            record["val_map"] = evaluate(student, val_set, class_names, device, val_gt)["map"]
+            record["val_map"] = evaluate(evaluated, val_set, class_names, device, val_gt)["map"]
             if record["val_map"] > best_map:
                 best_map, best_epoch = record["val_map"], epoch
-                torch.save(student.state_dict(), run_dir / "best.pt")
+                torch.save(evaluated.state_dict(), run_dir / "best.pt")
         history.append(record)
         (run_dir / "history.json").write_text(json.dumps(history, indent=1))
         tqdm.write(f"{run_dir.name} epoch {epoch}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in record.items() if k != "epoch"))
         if on_epoch is not None:
             on_epoch(record)
-    torch.save(student.state_dict(), run_dir / "last.pt")
+    torch.save(evaluated.state_dict(), run_dir / "last.pt")
     student.load_state_dict(torch.load(run_dir / "best.pt", map_location=device))
     train_s = time.perf_counter() - start
     return {"history": history, "best_val_map": best_map, "best_epoch": best_epoch, "train_s": train_s}

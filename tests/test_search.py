@@ -52,15 +52,30 @@ def test_four_trial_search_on_sqlite_and_tuned_rerun(smoke_with_teacher):
     assert (report / "trials.csv").is_file() and (report / "best.json").is_file()
     assert (report / "optimization_history.png").stat().st_size > 1000
     tuned = load_tuned(profile, out, None)
-    assert set(tuned) == {"hinton"}
-    assert tuned["hinton"]["distill"] == study.best_trial.user_attrs["distill"]
-    one = dict(profile, methods=["hinton"])
+    assert set(tuned) == {"faster_rcnn"} and set(tuned["faster_rcnn"]) == {"hinton"}
+    assert tuned["faster_rcnn"]["hinton"]["distill"] == study.best_trial.user_attrs["distill"]
+    one = dict(profile, detectors=["faster_rcnn"], methods=["hinton"])
     specs = plan_runs(one, "bccd", tuned)
-    assert specs[1].hparams["distill"] == tuned["hinton"]["distill"]
+    assert specs[1].hparams["distill"] == tuned["faster_rcnn"]["hinton"]["distill"]
     assert specs[1].hparams["tuned"]["trial"] == study.best_trial.number
     rows = read_runs(Study(one, out, progress=False, log=lambda *_: None).run(tuned=tuned))
     tuned_rows = [r for r in rows if '"tuned"' in r["hparams"]]
     assert len(tuned_rows) == 1 and tuned_rows[0]["status"] == "ok"
+
+
+def test_yolo_search_uses_its_own_taps_and_teacher(smoke_with_teacher):
+    profile, _, out = smoke_with_teacher
+    study = search(profile, "nst", 2, out, log=lambda *_: None, detector="yolo")
+    assert study.study_name == "smoke-yolo-nst" and len(finished(study)) == 2
+    assert all(set(t.user_attrs["distill"]["nst"]["taps"]) <= {"p3", "p4", "p5"} for t in finished(study))
+    teachers = {r["detector"] for r in read_runs(out / "runs.csv") if r["method"] == "teacher"}
+    assert {"faster_rcnn", "yolo"} <= teachers
+
+
+def test_search_on_a_profile_without_students_is_a_clear_error(smoke_with_teacher):
+    profile, _, out = smoke_with_teacher
+    with pytest.raises(ValueError, match="trains no faster_rcnn student"):
+        search(dict(profile, methods=[]), "hinton", 1, out, log=lambda *_: None)
 
 
 def _free_port() -> int:
@@ -117,7 +132,7 @@ def test_two_workers_share_one_postgresql_study(smoke_with_teacher, postgres):
     done = finished(study)
     assert len(done) == 4
     assert len({t.number for t in done}) == 4
-    teacher_rows = [r for r in read_runs(out / "runs.csv") if r["method"] == "teacher"]
+    teacher_rows = [r for r in read_runs(out / "runs.csv") if r["method"] == "teacher" and r["detector"] == "faster_rcnn"]
     assert len(teacher_rows) == 1
 
 

@@ -21,24 +21,29 @@ def smoke(tmp_path_factory):
 
 def test_smoke_study_writes_every_row_filled(smoke):
     profile, out, runs_csv = smoke
-    rows = read_runs(runs_csv)
-    assert list(rows[0]) == COLUMNS
-    assert len(rows) == 1 + len(profile["methods"]) * len(profile["seeds"])
-    assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
-    teacher = [r for r in rows if r["method"] == "teacher"]
-    students = [r for r in rows if r["method"] != "teacher"]
-    assert len(teacher) == 1 and {r["method"] for r in students} == set(profile["methods"])
-    for r in rows:
+    all_rows = read_runs(runs_csv)
+    assert list(all_rows[0]) == COLUMNS
+    assert len(all_rows) == len(profile["detectors"]) * (1 + len(profile["methods"]) * len(profile["seeds"]))
+    assert all(r["status"] == "ok" for r in all_rows), [r["error"] for r in all_rows]
+    assert {r["detector"] for r in all_rows} == {"faster_rcnn", "yolo", "fcos"}
+    for detector in profile["detectors"]:
+        rows = [r for r in all_rows if r["detector"] == detector]
+        teacher = [r for r in rows if r["method"] == "teacher"]
+        students = [r for r in rows if r["method"] != "teacher"]
+        assert len(teacher) == 1 and {r["method"] for r in students} == set(profile["methods"])
+        assert all(int(teacher[0]["params"]) > int(r["params"]) for r in students)
+        assert all(int(r["adapter_params"]) > 0 for r in students if r["method"] == "fitnets")
+    for r in all_rows:
         for col in ("run_id", "profile", "dataset", "detector", "backbone", "method", "hparams", "seed", "params",
                     "gflops", "size_mb", "cpu_ms", "map", "map50", "map75", "per_class_ap", "train_s", "status"):
             assert r[col] != "", (r["run_id"], col)
         assert 0 <= float(r["map"]) <= float(r["map50"]) <= 1
         assert set(json.loads(r["per_class_ap"])) == {"Platelets", "RBC", "WBC"}
         assert (out / "runs" / r["run_id"] / "best.pt").is_file()
-    assert all(int(teacher[0]["params"]) > int(r["params"]) for r in students)
-    fitnets = [r for r in students if r["method"] == "fitnets"]
-    assert all(int(r["adapter_params"]) > 0 for r in fitnets)
-    assert json.loads(fitnets[0]["hparams"])["distill"]["fitnets"]["weight"] == 100.0
+    fitnets = {r["detector"]: json.loads(r["hparams"])["distill"]["fitnets"] for r in all_rows
+               if r["method"] == "fitnets"}
+    assert fitnets["faster_rcnn"] == {"weight": 100.0, "taps": ["c3", "c4", "c5"]}
+    assert fitnets["yolo"] == {"weight": 100.0, "taps": ["p3", "p4", "p5"]}  # YOLO's own taps, shared weight
 
 
 def test_rerun_skips_finished_runs(smoke):
@@ -53,7 +58,7 @@ def test_rerun_skips_finished_runs(smoke):
 
 def test_failed_run_is_recorded_and_the_study_goes_on(smoke, tmp_path):
     profile, out, _ = smoke
-    profile = dict(profile, methods=["baseline", "at"], seeds=[0])
+    profile = dict(profile, detectors=["faster_rcnn"], methods=["baseline", "at"], seeds=[0])
     specs = plan_runs(profile, "bccd")
 
     def failing(spec):
@@ -83,7 +88,8 @@ def test_report_is_written(smoke):
     text = report.read_text()
     assert "## Main table" in text and "baseline" in text
     table = (out / "table.md").read_text()
-    assert table.count("\n") == 2 + 1 + len(load_profile("smoke")["methods"])
+    smoke = load_profile("smoke")
+    assert table.count("\n") == 2 + len(smoke["detectors"]) * (1 + len(smoke["methods"]))
     for name in ("map_vs_params", "map_vs_gflops", "per_class_ap", "training_curves"):
         assert (out / f"{name}.png").stat().st_size > 1000 and (out / f"{name}.pdf").is_file()
 
@@ -104,11 +110,12 @@ def test_killed_study_resumes_where_it_stopped(tmp_path):
     proc.send_signal(signal.SIGKILL)  # in the middle of the third run
     proc.wait()
     before = {r["run_id"]: r for r in read_runs(tmp_path / "runs.csv")}
-    assert 2 <= len(before) < 1 + len(load_profile("smoke")["methods"])
+    n_runs = len(plan_runs(load_profile("smoke"), "bccd"))
+    assert 2 <= len(before) < n_runs
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, timeout=600)
     after = read_runs(tmp_path / "runs.csv")
     ids = [r["run_id"] for r in after]
-    assert len(ids) == len(set(ids)) == 1 + len(load_profile("smoke")["methods"])
+    assert len(ids) == len(set(ids)) == n_runs
     assert all(r["status"] == "ok" for r in after)
     assert all({**r} == before[r["run_id"]] for r in after if r["run_id"] in before)  # not recomputed
 
@@ -119,7 +126,8 @@ def test_compression_rows_reuse_the_teacher(smoke):
                     compression=dict(profile["compression"],
                                      **{"prune": dict(profile["compression"]["prune"], finetune_epochs=1),
                                         "prune+kd": dict(profile["compression"]["prune+kd"], finetune_epochs=1)}))
-    rows = read_runs(Study(compress, out, progress=False, log=lambda *_: None).run())
+    rows = [r for r in read_runs(Study(compress, out, progress=False, log=lambda *_: None).run())
+            if r["detector"] == "faster_rcnn"]
     by_method = {r["method"]: r for r in rows}
     teacher = by_method["teacher"]
     assert len([r for r in rows if r["method"] == "teacher"]) == 1  # reused, not retrained
@@ -145,7 +153,7 @@ def test_rows_without_checkpoints_are_rerun(smoke, tmp_path):
     for row in read_runs(runs_csv):  # a fresh clone: the committed runs.csv, no checkpoints
         upsert_run(tmp_path / "runs.csv", row)
     calls = []
-    study = Study(dict(profile, methods=["baseline"]), tmp_path, progress=False, log=lambda *_: None)
+    study = Study(dict(profile, detectors=["faster_rcnn"], methods=["baseline"]), tmp_path, progress=False, log=lambda *_: None)
     study.execute = lambda spec: calls.append(spec.method) or {"status_note": "stub"}
     study.run()
     assert calls == ["teacher", "baseline"]
