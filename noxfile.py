@@ -39,3 +39,17 @@ def search(session: nox.Session) -> None:
     """Optuna search, e.g. `nox -s search -- --method hinton --n-trials 20` (arguments go to `study search`)."""
     install(session)
     session.run("python", "-m", "study", "search", *session.posargs, env=OFFLINE_ENV)
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Benchmark the harness against torchvision's stock loop and ultralytics' trainer: results/bench/bench.md."""
+    install(session)
+    session.run("python", "-m", "study", "bench", "--out", "results/bench", *session.posargs, env=OFFLINE_ENV)
+
+
+@nox.session(python="3.11")
+def parity(session: nox.Session) -> None:
+    """Plain YOLOv8n by this harness vs ultralytics' own trainer, same settings: results/parity/parity.md."""
+    install(session)
+    session.run("python", "-m", "study", "parity", "--out", "results/parity", *session.posargs, env=OFFLINE_ENV)
