@@ -1,0 +1,385 @@
+"""What the harness itself costs, measured in one run on one machine, against the tools a user would pick instead.
+
+``python -m study bench`` (``nox -s bench``) writes ``bench.json`` and ``bench.md``:
+
+- data: images/s of the harness's pipeline after the first epoch (decoded once, batches cut from memory) against
+  decoding and resizing the JPEGs every epoch;
+- training images/s of each detector's teacher and student, plain and with each distillation method, on the same
+  subset of the training split (2 epochs: the first computes the teacher, the second reads its cache), and the
+  distillation overhead (step time with the teacher / without), also for a teacher with 3-4x the student's FLOPs;
+- the same models trained by the reference tools in the same run: torchvision's stock detection loop (a
+  ``DataLoader`` decoding JPEGs in workers, as in torchvision's ``references/detection``) for Faster R-CNN and
+  ultralytics' own trainer for YOLO; the ratio ours / theirs;
+- evaluation time per 100 images (inference, then pycocotools) and batch-1 latency per model;
+- how a study's wall time grows with images, epochs and seeds: a small study at a base size and with each doubled.
+
+Throughput figures are medians over the measured epochs; nothing here is a test (the tests do not time anything).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from methods.distill.distiller import Distiller, TeacherCache
+from study.cost import count_gflops, latency_ms
+from study.data import DetectionData
+from study.evaluate import coco_ground_truth, coco_metrics, predict
+from study.images import ImageSet, canvas_size, flip_batch, load_images
+from study.runner import RunSpec, Study, build_model, describe_device, plan_detector
+from study.store import read_runs
+from study.train import make_optimizer, train, warmup_cosine
+
+BENCH_DEFAULTS = {"train_images": 96, "epochs": 2, "val_images": 8, "reference_epochs": 3, "eval_images": 72,
+                  "scaling_base": {"max_train_images": 16, "epochs": 2, "seeds": [0]}}
+
+
+# ------------------------------------------------------------------ data pipeline
+def bench_data(study: Study, n_images: int, batch_size: int) -> dict:
+    data = study.data()
+    samples = data.splits["train"][:n_images]
+    canvas = canvas_size([s for v in data.splits.values() for s in v], study.profile["image_size"])
+    start = time.perf_counter()
+    images = load_images(samples, canvas, study.profile["image_size"])  # decode + resize: what every epoch pays
+    decode_s = time.perf_counter() - start
+    start = time.perf_counter()
+    for i in range(0, len(images), batch_size):  # what an epoch costs once images are in memory
+        idx = list(range(i, min(i + batch_size, len(images))))
+        batch, _ = flip_batch(images.images[idx], [images.boxes[j] for j in idx], [j % 4 for j in idx])
+        batch.float().div_(255)
+    cached_s = time.perf_counter() - start
+    return {"images": len(samples), "decode_img_s": len(samples) / decode_s, "cached_img_s": len(samples) / cached_s}
+
+
+# ------------------------------------------------------------------ our loop
+def _subset(image_set: ImageSet, n: int) -> ImageSet:
+    return ImageSet(image_set.images[:n], image_set.boxes[:n], image_set.labels[:n], image_set.scales[:n],
+                    image_set.samples[:n])
+
+
+def bench_train(study: Study, spec: RunSpec, teacher: torch.nn.Module | None, train_set: ImageSet,
+                val_set: ImageSet, epochs: int, work: Path, channels_last: bool = False) -> dict:
+    """Images/s of our loop training ``spec``'s model (distilled from ``teacher`` if given), per epoch."""
+    classes = study.data().class_names
+    model = build_model(spec, len(classes))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    cfg = dict(spec.hparams["train"], val_every=10**6)
+    if teacher is not None:
+        distiller = Distiller(model, TeacherCache(copy.deepcopy(teacher).to(study.device)), spec.hparams["distill"])
+        wrapped, loss_fn = distiller, distiller
+    else:
+        wrapped, loss_fn = model, (lambda images, targets, keys: model(images, targets))
+    result = train(wrapped, loss_fn, model, train_set, val_set, classes, cfg, epochs, spec.seed, work, study.device,
+                   progress=False)
+    return {"epoch_img_s": [h["img_s"] for h in result["history"]]}
+
+
+# ------------------------------------------------------------------ torchvision's stock loop
+class DiskDataset(torch.utils.data.Dataset):
+    """Decode and resize each JPEG on every access, flip at random: torchvision's references' data path."""
+
+    def __init__(self, samples, image_size: int, hflip: bool, vflip: bool):
+        self.samples, self.image_size, self.hflip, self.vflip = samples, image_size, hflip, vflip
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        s = self.samples[i]
+        scale = self.image_size / max(s.width, s.height)
+        w, h = max(1, round(s.width * scale)), max(1, round(s.height * scale))
+        with Image.open(s.image_path) as im:
+            im = im.convert("RGB").resize((w, h), Image.BILINEAR)
+        image = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(h, w, 3).permute(2, 0, 1)
+        image = image.float().div(255)
+        boxes = torch.from_numpy(s.boxes).float() * scale
+        if self.hflip and torch.rand(()) < 0.5:
+            image, boxes = image.flip(-1), torch.stack((w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]), 1)
+        if self.vflip and torch.rand(()) < 0.5:
+            image, boxes = image.flip(-2), torch.stack((boxes[:, 0], h - boxes[:, 3], boxes[:, 2], h - boxes[:, 1]), 1)
+        return image, {"boxes": boxes, "labels": torch.from_numpy(s.labels).long()}
+
+
+def _collate(batch):
+    return tuple(zip(*batch))
+
+
+def torchvision_stock_train(model: torch.nn.Module, samples, image_size: int, cfg: dict, epochs: int,
+                            device: torch.device, workers: int) -> dict:
+    """Images/s per epoch of torchvision's references/detection ``train_one_epoch`` pattern: a DataLoader with
+    ``workers`` processes, SGD, warm-up, ``loss.item()`` every step (its logger), gradient clipping as ours."""
+    model.to(device).train()
+    loader = torch.utils.data.DataLoader(DiskDataset(samples, image_size, cfg["hflip"], cfg["vflip"]),
+                                         batch_size=cfg["batch_size"], shuffle=True, num_workers=workers,
+                                         collate_fn=_collate, persistent_workers=workers > 0)
+    optimizer = make_optimizer(model, cfg)
+    total = epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, cfg["warmup_iters"]))
+    epoch_img_s = []
+    for _ in range(epochs):
+        seen, start = 0, time.perf_counter()
+        for images, targets in loader:
+            images = [im.to(device) for im in images]
+            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+            losses = model(images, targets)
+            loss = sum(losses.values())
+            if not math.isfinite(loss.item()):
+                raise RuntimeError("non-finite loss")
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip_grad_norm"])
+            optimizer.step()
+            scheduler.step()
+            seen += len(images)
+        epoch_img_s.append(seen / (time.perf_counter() - start))
+    return {"epoch_img_s": epoch_img_s}
+
+
+# ------------------------------------------------------------------ evaluation and latency
+def bench_eval(model: torch.nn.Module, test_set: ImageSet, classes: list[str], device: torch.device) -> dict:
+    gt = coco_ground_truth(test_set, classes)
+    start = time.perf_counter()
+    detections = predict(model, test_set, device)
+    infer_s = time.perf_counter() - start
+    start = time.perf_counter()
+    coco_metrics(gt, detections, classes)
+    coco_s = time.perf_counter() - start
+    per100 = 100 / len(test_set)
+    return {"inference_s_per_100": infer_s * per100, "pycocotools_s_per_100": coco_s * per100,
+            "detections": len(detections)}
+
+
+# ------------------------------------------------------------------ study wall time scaling
+def bench_scaling(profile: dict, base: dict, work: Path, data_spec: str | None) -> list[dict]:
+    """Wall time of a small study (every detector: teacher, baseline and one distilled student) at a base size and
+    with images, epochs and seeds each doubled."""
+    sizes = [("base", {}), ("2x images", {"max_train_images": 2 * base["max_train_images"]}),
+             ("2x epochs", {"epochs": 2 * base["epochs"]}), ("2x seeds", {"seeds": base["seeds"] + [base["seeds"][-1] + 1]})]
+    out = []
+    for label, change in sizes:
+        size = base | change
+        p = copy.deepcopy(profile)
+        p.update(name="scaling", max_train_images=size["max_train_images"], max_eval_images=16, seeds=size["seeds"],
+                 methods=["baseline", "hinton"], compress=[])
+        for role in ("teacher", "student"):
+            p[role]["epochs"] = size["epochs"]
+            for d in ("yolo", "fcos"):
+                p[d][role]["epochs"] = size["epochs"]
+        p["train"]["val_every"] = size["epochs"]
+        for d in ("yolo", "fcos"):
+            p[d].pop("methods", None)
+        folder = work / label.replace(" ", "_")
+        study = Study(p, folder, data_spec, progress=False, log=lambda *_: None)
+        study.data()
+        start = time.perf_counter()
+        study.run()
+        wall = time.perf_counter() - start
+        rows = read_runs(folder / "runs.csv")
+        out.append({"size": label, "train_images": size["max_train_images"], "epochs": size["epochs"],
+                    "seeds": len(size["seeds"]), "runs": len(rows), "failed": sum(r["status"] == "failed" for r in rows),
+                    "wall_s": wall})
+    return out
+
+
+def default_study_wall(results: Path) -> dict | None:
+    """Per-detector sums of the last default study's recorded run times (runs.csv ``wall_s``, else ``train_s``)."""
+    rows = [r for r in read_runs(results / "runs.csv") if r["profile"] == "default"]
+    if not rows:
+        return None
+    out: dict[str, dict] = {}
+    for r in rows:
+        entry = out.setdefault(r["detector"], {"runs": 0, "train_s": 0.0, "wall_s": 0.0, "wall_recorded": 0})
+        entry["runs"] += 1
+        entry["train_s"] += float(r["train_s"] or 0)
+        if r.get("wall_s"):
+            entry["wall_s"] += float(r["wall_s"])
+            entry["wall_recorded"] += 1
+    return out
+
+
+# ------------------------------------------------------------------ the whole benchmark
+def run_bench(profile: dict, out: Path, data_spec: str | None = None, device: str | None = None,
+              settings: dict | None = None, log=print) -> dict:
+    settings = BENCH_DEFAULTS | (settings or {})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    study = Study(dict(profile, max_train_images=None, max_eval_images=None), work / "study", data_spec, device,
+                  progress=False, log=log)
+    data: DetectionData = study.data()
+    classes = data.class_names
+    train_set = _subset(study.image_set("train"), settings["train_images"])
+    val_set = _subset(study.image_set("val"), settings["val_images"])
+    test_set = _subset(study.image_set("test"), settings["eval_images"])
+    started = time.perf_counter()
+    report = {"machine": describe_device(study.device), "torch_threads": torch.get_num_threads(),
+              "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                           "ultralytics": __import__("ultralytics").__version__},
+              "dataset": data.name, "image_size": profile["image_size"], "settings": settings}
+    log("bench: data pipeline")
+    report["data"] = bench_data(study, settings["train_images"], profile["train"]["batch_size"])
+
+    report["training"], report["eval"], report["latency_ms"], report["flops"] = [], [], [], {}
+    pairs = {}
+    for detector in profile["detectors"]:
+        plan = plan_detector(profile, detector, data.name)
+        teacher_spec = plan[0]
+        student_specs = {}
+        for s in plan[1:]:
+            if s.role == "student":
+                student_specs.setdefault(s.method, s)
+        classes_n = len(classes)
+        teacher_model = build_model(teacher_spec, classes_n)
+        baseline = student_specs.get("baseline") or next(iter(student_specs.values()))
+        image = test_set.images[0].float().div(255)
+        flops = {"teacher": count_gflops(teacher_model, image)[0], "student": count_gflops(build_model(baseline, classes_n), image)[0]}
+        report["flops"][detector] = flops
+        jobs = [("teacher", "plain", teacher_spec, None)] + [
+            ("student", method, spec, teacher_model if method != "baseline" else None)
+            for method, spec in student_specs.items()]
+        for role, method, spec, teacher in jobs:
+            log(f"bench: {detector} {role} {method}")
+            r = bench_train(study, spec, teacher, train_set, val_set, settings["epochs"], work / "train" / spec.run_id)
+            report["training"].append({"detector": detector, "role": role, "model": spec.backbone, "method": method,
+                                       "epoch_img_s": r["epoch_img_s"]})
+        for role, spec in (("teacher", teacher_spec), ("student", baseline)):
+            model = build_model(spec, classes_n)
+            report["eval"].append({"detector": detector, "role": role, "model": spec.backbone}
+                                  | bench_eval(model, test_set, classes, study.device))
+            cpu = latency_ms(model, image, torch.device("cpu"), profile["cost"]["warmup"], profile["cost"]["runs"],
+                             profile["cost"]["threads"])
+            gpu = latency_ms(model, image, torch.device("cuda"), 5, 20) if torch.cuda.is_available() else None
+            report["latency_ms"].append({"detector": detector, "role": role, "model": spec.backbone, "cpu_ms": cpu,
+                                         "gpu_ms": gpu})
+        pairs[detector] = (teacher_spec, baseline)
+
+    # distillation overhead with a teacher of 3-4x the student's FLOPs: YOLOv8n -> the half-width student
+    if "yolo" in profile["detectors"]:
+        t_spec, s_spec = pairs["yolo"]
+        near = copy.deepcopy(t_spec)
+        near.hparams["role"] = dict(near.hparams["role"], model="yolov8n")
+        near.backbone = "yolov8n"
+        near_model = build_model(near, len(classes))
+        image = test_set.images[0].float().div(255)
+        ratio = count_gflops(near_model, image)[0] / report["flops"]["yolo"]["student"]
+        for method in ("hinton", "at", "fitnets", "nst"):
+            spec = copy.deepcopy(s_spec)
+            spec.hparams["distill"] = {method: _merged_distill(profile, "yolo")[method]}
+            log(f"bench: yolo student {method} from yolov8n ({ratio:.1f}x FLOPs)")
+            r = bench_train(study, spec, near_model, train_set, val_set, settings["epochs"], work / "near" / method)
+            report["training"].append({"detector": "yolo", "role": "student", "model": s_spec.backbone,
+                                       "method": f"{method} (teacher yolov8n, {ratio:.1f}x FLOPs)",
+                                       "epoch_img_s": r["epoch_img_s"]})
+
+    log("bench: reference tools")
+    report["reference"] = []
+    subset_samples = data.splits["train"][:settings["train_images"]]
+    if "faster_rcnn" in profile["detectors"]:
+        for role, spec in zip(("teacher", "student"), pairs["faster_rcnn"]):
+            r = torchvision_stock_train(build_model(spec, len(classes)), subset_samples, profile["image_size"],
+                                        spec.hparams["train"], settings["reference_epochs"], study.device,
+                                        workers=min(2, torch.get_num_threads()))
+            ours = next(t for t in report["training"] if t["detector"] == "faster_rcnn" and t["role"] == role
+                        and t["method"] in ("plain", "baseline"))
+            report["reference"].append({"detector": "faster_rcnn", "model": spec.backbone,
+                                        "tool": "torchvision stock loop (DataLoader, 2 workers)",
+                                        "theirs_img_s": statistics.median(r["epoch_img_s"][1:]),
+                                        "ours_img_s": statistics.median(ours["epoch_img_s"])})
+    if "yolo" in profile["detectors"]:
+        from study.reference_tools import ultralytics_train
+        sub = DetectionData(data.name, classes, dict(data.splits, train=subset_samples))
+        from detectors.yolo import YOLO_MODELS
+        named = [m for m in dict.fromkeys(("yolov8n", pairs["yolo"][0].backbone)) if isinstance(YOLO_MODELS[m][1], str)]
+        for model_name in named:  # ultralytics' trainer builds its own named scales only
+            spec = copy.deepcopy(pairs["yolo"][0])
+            spec.hparams["role"] = dict(spec.hparams["role"], model=model_name)
+            spec.backbone = model_name
+            ours = bench_train(study, spec, None, train_set, val_set, settings["epochs"], work / "ours" / model_name)
+            theirs = ultralytics_train(sub, model_name, profile["image_size"], settings["reference_epochs"], 0,
+                                       spec.hparams["train"]["batch_size"], work / "ultralytics" / model_name,
+                                       validate=False, device=str(study.device))
+            report["reference"].append({"detector": "yolo", "model": model_name,
+                                        "tool": f"ultralytics trainer ({theirs['torch_threads']} torch thread(s), "
+                                                f"{theirs['dataloader_workers']} workers)",
+                                        "theirs_img_s": theirs["img_s"],
+                                        "ours_img_s": statistics.median(ours["epoch_img_s"])})
+
+    report["scaling"] = []
+    if settings["scaling_base"]:
+        log("bench: study wall time scaling")
+        report["scaling"] = bench_scaling(profile, settings["scaling_base"], work / "scaling", data_spec)
+    report["default_study"] = default_study_wall(Path(__file__).resolve().parent.parent / "results" / "default")
+    report["bench_wall_s"] = time.perf_counter() - started
+    (out / "bench.json").write_text(json.dumps(report, indent=1))
+    (out / "bench.md").write_text(bench_markdown(report))
+    return report
+
+
+def _merged_distill(profile: dict, detector: str) -> dict:
+    from study.runner import detector_config
+    return detector_config(profile, detector)["distill"]
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values[1:] if len(values) > 1 else values)
+
+
+def bench_markdown(r: dict) -> str:
+    lines = [f"# Benchmark: {r['machine']}", "",
+             f"torch {r['versions']['torch']}, ultralytics {r['versions']['ultralytics']}, python "
+             f"{r['versions']['python']}; {r['torch_threads']} torch threads; {r['dataset']} at {r['image_size']} px; "
+             f"{r['settings']['train_images']} training images, {r['settings']['epochs']} epochs per measurement "
+             f"(our loop), {r['settings']['reference_epochs']} (reference tools, first epoch dropped). "
+             f"Benchmark wall time {r['bench_wall_s'] / 60:.1f} min.", "",
+             "## Data pipeline", "",
+             "| pipeline | images/s |", "|---|---|",
+             f"| decode + resize JPEGs every epoch | {r['data']['decode_img_s']:.0f} |",
+             f"| harness: decoded once, batches cut from memory (after the first epoch) | {r['data']['cached_img_s']:.0f} |",
+             "", "## Training throughput (our loop)", "",
+             "Images/s in epoch 1 (the teacher runs on every batch) and epoch 2 (its outputs come from the cache); "
+             "overhead = plain student's step time / distilled step time, from the same epoch.", "",
+             "| detector | role | model | method | img/s epoch 1 | img/s epoch 2 | overhead ep. 1 | overhead ep. 2 |",
+             "|---|---|---|---|---|---|---|---|"]
+    plain = {t["detector"]: t["epoch_img_s"] for t in r["training"] if t["method"] == "baseline"}
+    for t in r["training"]:
+        e = t["epoch_img_s"]
+        base = plain.get(t["detector"])
+        distilled = t["role"] == "student" and t["method"] != "baseline" and base
+        o1 = f"{base[0] / e[0]:.2f}x" if distilled else "-"
+        o2 = f"{base[-1] / e[-1]:.2f}x" if distilled else "-"
+        lines.append(f"| {t['detector']} | {t['role']} | {t['model']} | {t['method']} | {e[0]:.1f} | {e[-1]:.1f} | "
+                     f"{o1} | {o2} |")
+    lines += ["", "GFLOPs per image (teacher / student): " + ", ".join(
+        f"{d} {f['teacher']:.2f} / {f['student']:.2f} ({f['teacher'] / f['student']:.1f}x)" for d, f in r["flops"].items()),
+        "", "## Against the tools a user would otherwise pick (same model, images, settings, machine)", "",
+        "| detector | model | reference tool | theirs img/s | ours img/s | ours / theirs |", "|---|---|---|---|---|---|"]
+    for x in r["reference"]:
+        lines.append(f"| {x['detector']} | {x['model']} | {x['tool']} | {x['theirs_img_s']:.1f} | "
+                     f"{x['ours_img_s']:.1f} | {x['ours_img_s'] / x['theirs_img_s']:.2f}x |")
+    lines += ["", "## Evaluation and latency", "",
+              "| detector | role | model | inference s / 100 images | pycocotools s / 100 images | CPU ms (batch 1) | GPU ms |",
+              "|---|---|---|---|---|---|---|"]
+    for e, lat in zip(r["eval"], r["latency_ms"]):
+        gpu = f"{lat['gpu_ms']:.1f}" if lat["gpu_ms"] is not None else "-"
+        lines.append(f"| {e['detector']} | {e['role']} | {e['model']} | {e['inference_s_per_100']:.2f} | "
+                     f"{e['pycocotools_s_per_100']:.2f} | {lat['cpu_ms']:.1f} | {gpu} |")
+    lines += ["", "## Study wall time: how it grows", "",
+              "A small study (every detector: teacher, baseline, Hinton) at a base size and with one factor doubled.", "",
+              "| size | training images | epochs | seeds | runs | wall s |", "|---|---|---|---|---|---|"]
+    for s in r["scaling"]:
+        lines.append(f"| {s['size']} | {s['train_images']} | {s['epochs']} | {s['seeds']} | {s['runs']} | {s['wall_s']:.0f} |")
+    if r.get("default_study"):
+        lines += ["", "Last `default` study (results/default/runs.csv), summed per detector: " + "; ".join(
+            f"{d}: {v['runs']} runs, training {v['train_s'] / 60:.1f} min" +
+            (f", run wall {v['wall_s'] / 60:.1f} min ({v['wall_recorded']} runs recorded)" if v["wall_recorded"] else "")
+            for d, v in r["default_study"].items())]
+    return "\n".join(lines) + "\n"
