@@ -66,12 +66,10 @@ def _subset(image_set: ImageSet, n: int) -> ImageSet:
 
 
 def bench_train(study: Study, spec: RunSpec, teacher: torch.nn.Module | None, train_set: ImageSet,
-                val_set: ImageSet, epochs: int, work: Path, channels_last: bool = False) -> dict:
+                val_set: ImageSet, epochs: int, work: Path) -> dict:
     """Images/s of our loop training ``spec``'s model (distilled from ``teacher`` if given), per epoch."""
     classes = study.data().class_names
     model = build_model(spec, len(classes))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
     cfg = dict(spec.hparams["train"], val_every=10**6)
     if teacher is not None:
         distiller = Distiller(model, TeacherCache(copy.deepcopy(teacher).to(study.device)), spec.hparams["distill"])
@@ -81,6 +79,31 @@ def bench_train(study: Study, spec: RunSpec, teacher: torch.nn.Module | None, tr
     result = train(wrapped, loss_fn, model, train_set, val_set, classes, cfg, epochs, spec.seed, work, study.device,
                    progress=False)
     return {"epoch_img_s": [h["img_s"] for h in result["history"]]}
+
+
+def bench_teacher_forward(teacher: torch.nn.Module, images: torch.Tensor, device: torch.device, repeats: int = 5
+                          ) -> dict:
+    """Images/s of the frozen teacher's feature pass (what the distiller's cache computes) under ``no_grad``,
+    ``inference_mode``, and ``inference_mode`` with channels-last weights and input."""
+    cache = TeacherCache(copy.deepcopy(teacher).to(device))
+    x = images.to(device)
+    out = {}
+    for label in ("no_grad", "inference_mode", "inference_mode+channels_last"):
+        if label.endswith("channels_last"):
+            cache.teacher.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        context = torch.no_grad if label == "no_grad" else torch.inference_mode
+        with context():
+            cache.compute(x)  # warm-up
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                cache.compute(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        out[label] = repeats * len(x) / (time.perf_counter() - start)
+    return out
 
 
 # ------------------------------------------------------------------ torchvision's stock loop
@@ -261,6 +284,12 @@ def run_bench(profile: dict, out: Path, data_spec: str | None = None, device: st
             report["latency_ms"].append({"detector": detector, "role": role, "model": spec.backbone, "cpu_ms": cpu,
                                          "gpu_ms": gpu})
         pairs[detector] = (teacher_spec, baseline)
+        batch = train_set.images[:profile["train"]["batch_size"]].float().div(255)
+        if detector != "yolo":  # torchvision models normalise inside; the cache sees the normalised canvas
+            batch = teacher_model.transform(list(batch))[0].tensors
+        report.setdefault("teacher_forward", []).append(
+            {"detector": detector, "model": teacher_spec.backbone}
+            | bench_teacher_forward(teacher_model, batch, study.device))
 
     # distillation overhead with a teacher of 3-4x the student's FLOPs: YOLOv8n -> the half-width student
     if "yolo" in profile["detectors"]:
@@ -329,10 +358,6 @@ def _merged_distill(profile: dict, detector: str) -> dict:
     return detector_config(profile, detector)["distill"]
 
 
-def _median(values: list[float]) -> float:
-    return statistics.median(values[1:] if len(values) > 1 else values)
-
-
 def bench_markdown(r: dict) -> str:
     lines = [f"# Benchmark: {r['machine']}", "",
              f"torch {r['versions']['torch']}, ultralytics {r['versions']['ultralytics']}, python "
@@ -365,6 +390,13 @@ def bench_markdown(r: dict) -> str:
     for x in r["reference"]:
         lines.append(f"| {x['detector']} | {x['model']} | {x['tool']} | {x['theirs_img_s']:.1f} | "
                      f"{x['ours_img_s']:.1f} | {x['ours_img_s'] / x['theirs_img_s']:.2f}x |")
+    if r.get("teacher_forward"):
+        lines += ["", "## The teacher's feature pass (what the distiller caches), images/s", "",
+                  "| detector | teacher | no_grad | inference_mode | inference_mode + channels-last |",
+                  "|---|---|---|---|---|"]
+        for t in r["teacher_forward"]:
+            lines.append(f"| {t['detector']} | {t['model']} | {t['no_grad']:.1f} | {t['inference_mode']:.1f} | "
+                         f"{t['inference_mode+channels_last']:.1f} |")
     lines += ["", "## Evaluation and latency", "",
               "| detector | role | model | inference s / 100 images | pycocotools s / 100 images | CPU ms (batch 1) | GPU ms |",
               "|---|---|---|---|---|---|---|"]

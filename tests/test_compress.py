@@ -27,6 +27,16 @@ def batch(n=2):
     return images, targets
 
 
+def assert_trains_and_predicts(model, images, targets):
+    model.train()
+    loss = sum(model(images, targets).values())
+    loss.backward()
+    assert torch.isfinite(loss)
+    model.eval()
+    with torch.no_grad():
+        assert len(model(images)) == len(images)
+
+
 @pytest.mark.parametrize("criterion", ["l1", "taylor", "group_norm", "random"])
 def test_pruning_removes_channels_and_the_model_still_trains(criterion):
     model = tiny()
@@ -37,13 +47,7 @@ def test_pruning_removes_channels_and_the_model_still_trains(criterion):
     assert count_params(model) < params0 and report["params_after"] == count_params(model)
     assert report["gflops_after"] <= 0.7 * gflops0 and report["gflops_before"] == pytest.approx(gflops0)
     assert report["tap_channels_after"][2] < 512  # C5 lost channels for real
-    model.train()
-    loss = sum(model(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    model.eval()
-    with torch.no_grad():
-        assert len(model(images)) == 2
+    assert_trains_and_predicts(model, images, targets)
 
 
 def test_uniform_channel_ratio_and_shallow_backbone():
@@ -122,13 +126,7 @@ def test_yolo_pruning_removes_channels_and_still_trains(criterion):
     assert count_params(model) < params0 and report["gflops_after"] <= 0.7 * gflops0
     assert report["tap_channels_after"][0] < 32  # P3 lost channels for real (32 before)
     assert [(c[-1].out_channels) for c in (*model.detect.cv2, *model.detect.cv3)] == head_out  # outputs kept
-    model.train()
-    loss = sum(model(images, targets).values())
-    loss.backward()
-    assert torch.isfinite(loss)
-    model.eval()
-    with torch.no_grad():
-        assert len(model(images)) == 2
+    assert_trains_and_predicts(model, images, targets)
 
 
 def test_pruned_yolo_round_to_and_save_load(tmp_path):
