@@ -98,7 +98,10 @@ def run_parity_seeds(profile: dict, model: str, image_size: int, epochs: int, se
         seeds_text = ", ".join(f"{float(r[who]['map']):.3f}" for r in per_seed)
         lines.append(f"| {label} | {summary[who]['map_mean']:.3f} ± {summary[who]['map_std']:.3f} | {seeds_text} | "
                      f"{summary[who]['train_img_s']:.1f} |")
-    lines += ["", f"Mean difference (harness - ultralytics): {summary['difference_points_mean']:+.2f} mAP points.", ""]
+    lines += ["", f"Mean difference (harness - ultralytics): {summary['difference_points_mean']:+.2f} mAP points.", "",
+              f"Command: `python -m study parity --model {model} --image-size {image_size} --epochs {epochs} --seeds "
+              f"{' '.join(map(str, seeds))}` (the defaults of `nox -s parity`). Finished runs of either side are "
+              "reused, so a rerun only re-scores them.", ""]
     (out / "parity.md").write_text("\n".join(lines))
     return summary
 
