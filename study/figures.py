@@ -34,14 +34,21 @@ def _save(fig, out: Path, stem: str) -> str:
 
 
 def accuracy_vs_cost(groups: list[Group], out: Path, column: str, xlabel: str, stem: str, log_x: bool) -> str:
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    """One point per (detector, backbone, method): the colour names the model, the marker the method."""
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     shown = [g for g in groups if g.ok and g.mean(column) is not None]
     scale = 1e-6 if column == "params" else 1.0
+    models = list(dict.fromkeys((g.detector, g.backbone) for g in shown))
+    methods = list(dict.fromkeys(g.method for g in shown))
+    several_detectors = len({g.detector for g in shown}) > 1
     points = []
-    for i, g in enumerate(shown):
+    for g in shown:
         x, y, err = g.mean(column) * scale, g.mean("map"), g.std("map")
         points.append((x, y))
-        ax.errorbar(x, y, yerr=err, linestyle="none", markersize=8, capsize=3, label=_label(g), **_style(i))
+        style = {"color": OKABE_ITO[models.index((g.detector, g.backbone)) % len(OKABE_ITO)],
+                 "marker": MARKERS[methods.index(g.method) % len(MARKERS)]}
+        label = f"{g.detector} {_label(g)}" if several_detectors else _label(g)
+        ax.errorbar(x, y, yerr=err, linestyle="none", markersize=8, capsize=3, label=label, **style)
     front = sorted((points[i] for i in pareto_front(points)), key=lambda p: p[0])
     if len(front) > 1:
         ax.plot(*zip(*front), linestyle="--", color="grey", linewidth=1, label="Pareto front", zorder=0)
@@ -50,7 +57,7 @@ def accuracy_vs_cost(groups: list[Group], out: Path, column: str, xlabel: str, s
     ax.set_xlabel(xlabel)
     ax.set_ylabel("COCO mAP@[.5:.95] (test)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, out, stem)
 
 
