@@ -19,7 +19,9 @@ def test_bench_writes_every_section(tmp_path):
         assert (detector, "teacher", "plain") in trained
         assert {(detector, "student", m) for m in profile["methods"]} <= trained
     assert any("teacher yolov8n" in m for _, _, m in trained)  # the 3-4x FLOPs pair
-    assert all(len(t["epoch_img_s"]) == 2 and min(t["epoch_img_s"]) > 0 for t in saved["training"])
+    for t in saved["training"]:
+        speeds = [t["img_s"]] if t["method"] in ("plain", "baseline") else [t["img_s_cache_off"], t["img_s_cache_warm"]]
+        assert min(speeds) > 0, t
     tools = {(r["detector"], r["model"]) for r in saved["reference"]}
     assert ("faster_rcnn", "resnet50") in tools and ("yolo", "yolov8n") in tools
     assert all(r["theirs_img_s"] > 0 and r["ours_img_s"] > 0 for r in saved["reference"])

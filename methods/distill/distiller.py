@@ -113,7 +113,8 @@ class TeacherCache:
     """The teacher's taps (and dense logits) per (image index, flip code), computed once, bounded in memory."""
 
     def __init__(self, teacher: nn.Module, budget_mb: float = 4096):
-        self.teacher = teacher.eval()
+        # channels-last: the frozen teacher's feature pass ran 1.2x faster on the CPU (results/bench/bench.md)
+        self.teacher = teacher.eval().to(memory_format=torch.channels_last)
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.family = family_of(teacher)
@@ -124,7 +125,7 @@ class TeacherCache:
 
     @torch.no_grad()
     def compute(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return FAMILIES[self.family]["teacher"](self.teacher, x)
+        return FAMILIES[self.family]["teacher"](self.teacher, x.contiguous(memory_format=torch.channels_last))
 
     @torch.no_grad()
     def features(self, x: torch.Tensor, keys: list[tuple[int, int]] | None) -> dict[str, torch.Tensor]:
