@@ -59,6 +59,9 @@ DEFAULTS: dict = {
                   "finetune_lr": 0.005},
         "prune+kd": {"criterion": "l1", "flops_reduction": 0.5, "global": False, "finetune_epochs": 4,
                      "finetune_lr": 0.005, "kd": {"hinton": {"weight": 1.0, "temperature": 4.0}}},
+        # iterative: prune a quarter of the FLOPs, fine-tune 2 epochs, prune the next quarter, fine-tune 2 epochs
+        "prune-iterative": {"criterion": "l1", "flops_reduction": 0.5, "global": False, "finetune_epochs": 4,
+                            "finetune_lr": 0.005, "iterative_steps": 2},
         "int8": {"calibration_images": 32, "per_channel": True, "reduce_range": False},
         "fp16": {},
     },

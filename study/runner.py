@@ -244,16 +244,29 @@ class Study:
             batch = train_set.images[:spec.hparams["train"]["batch_size"]].float().div(255)
             targets = [{"boxes": train_set.boxes[i], "labels": train_set.labels[i]} for i in range(len(batch))]
             loss_fn = lambda: sum(model(list(batch), targets).values())  # noqa: E731 - Taylor's gradients
-            torch.manual_seed(spec.seed)  # the random criterion
-            details = prune_backbone(model, image, cfg["criterion"], cfg.get("flops_reduction"),
-                                     cfg.get("channel_ratio"), cfg["global"], loss_fn=loss_fn,
-                                     round_to=cfg.get("round_to"))
-            details["map_before_finetune"] = evaluate(model.to(self.device), test_set, classes, self.device)["map"]
             finetune = dict(spec.hparams["train"], lr=cfg["finetune_lr"])
-            model, out["adapter_params"], result = self.train_run(spec, run_dir, model=model,
-                                                                  epochs=cfg["finetune_epochs"], train_cfg=finetune)
-            out |= {"val_map": result["best_val_map"], "best_epoch": result["best_epoch"],
-                    "train_s": result["train_s"]}
+            steps = cfg.get("iterative_steps", 1)  # prune a share, fine-tune, repeat (one-shot: 1)
+            if steps > 1 and cfg.get("flops_reduction") is None:
+                raise ValueError("iterative pruning needs a flops_reduction target")
+            per_step, train_s = [], 0.0
+            for k in range(1, steps + 1):
+                reduction = cfg.get("flops_reduction")
+                if reduction is not None:  # this step's share of the target, relative to the FLOPs left now
+                    reduction = 1 - (1 - reduction * k / steps) / (1 - reduction * (k - 1) / steps)
+                torch.manual_seed(spec.seed + k - 1)  # the random criterion
+                step = prune_backbone(model, image, cfg["criterion"], reduction, cfg.get("channel_ratio"),
+                                      cfg["global"], loss_fn=loss_fn, round_to=cfg.get("round_to"))
+                step["map_before_finetune"] = evaluate(model.to(self.device), test_set, classes, self.device)["map"]
+                epochs = max(1, cfg["finetune_epochs"] // steps + (k <= cfg["finetune_epochs"] % steps))
+                model, out["adapter_params"], result = self.train_run(spec, run_dir, model=model, epochs=epochs,
+                                                                      train_cfg=finetune)
+                per_step.append(step)
+                train_s += result["train_s"]
+            details = per_step[0] if steps == 1 else {
+                "steps": per_step, "gflops_before": per_step[0]["gflops_before"],
+                "gflops_after": per_step[-1]["gflops_after"], "params_before": per_step[0]["params_before"],
+                "params_after": per_step[-1]["params_after"], "map_before_finetune": per_step[0]["map_before_finetune"]}
+            out |= {"val_map": result["best_val_map"], "best_epoch": result["best_epoch"], "train_s": train_s}
             torch.save(model, run_dir / "model.pt")  # the pruned architecture with its weights
             eval_model = model
         elif spec.method == "int8":

@@ -122,23 +122,27 @@ def test_killed_study_resumes_where_it_stopped(tmp_path):
 
 def test_compression_rows_reuse_the_teacher(smoke):
     profile, out, runs_csv = smoke
-    compress = dict(profile, compress=["prune", "prune+kd", "int8", "fp16"],
+    compress = dict(profile, compress=["prune", "prune+kd", "prune-iterative", "int8", "fp16"],
                     compression=dict(profile["compression"],
                                      **{"prune": dict(profile["compression"]["prune"], finetune_epochs=1),
-                                        "prune+kd": dict(profile["compression"]["prune+kd"], finetune_epochs=1)}))
+                                        "prune+kd": dict(profile["compression"]["prune+kd"], finetune_epochs=1),
+                                        "prune-iterative": dict(profile["compression"]["prune-iterative"],
+                                                                finetune_epochs=2)}))
     rows = [r for r in read_runs(Study(compress, out, progress=False, log=lambda *_: None).run())
             if r["detector"] == "faster_rcnn"]
     by_method = {r["method"]: r for r in rows}
     teacher = by_method["teacher"]
     assert len([r for r in rows if r["method"] == "teacher"]) == 1  # reused, not retrained
-    for method in ("prune", "prune+kd", "int8", "fp16"):
+    for method in ("prune", "prune+kd", "prune-iterative", "int8", "fp16"):
         assert by_method[method]["status"] == "ok", by_method[method]["error"]
         assert 0 <= float(by_method[method]["map"]) <= 1
-    for method in ("prune", "prune+kd"):
+    for method in ("prune", "prune+kd", "prune-iterative"):
         details = json.loads(by_method[method]["details"])
         assert float(by_method[method]["gflops"]) <= 0.5 * float(teacher["gflops"]) * 1.001
         assert int(by_method[method]["params"]) < int(teacher["params"])
         assert "map_before_finetune" in details
+    steps = json.loads(by_method["prune-iterative"]["details"])["steps"]
+    assert len(steps) == 2 and steps[1]["gflops_after"] < steps[0]["gflops_after"] < steps[0]["gflops_before"]
     assert json.loads(by_method["prune+kd"]["hparams"])["distill"] == {"hinton": {"weight": 1.0, "temperature": 4.0}}
     assert float(by_method["int8"]["size_mb"]) < 0.5 * float(teacher["size_mb"])
     assert float(by_method["int8"]["gflops"]) == pytest.approx(float(teacher["gflops"]), rel=1e-6)
