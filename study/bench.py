@@ -34,7 +34,7 @@ from study.cost import count_gflops, latency_ms
 from study.data import DetectionData
 from study.evaluate import coco_ground_truth, coco_metrics, predict
 from study.images import ImageSet, canvas_size, flip_batch, load_images
-from study.runner import RunSpec, Study, build_model, describe_device, plan_detector
+from study.runner import RunSpec, Study, build_model, describe_device, detector_config, plan_detector
 from study.store import read_runs
 from study.train import make_optimizer, train, warmup_cosine
 
@@ -323,7 +323,7 @@ def run_bench(profile: dict, out: Path, data_spec: str | None = None, device: st
         ratio = count_gflops(near_model, image)[0] / report["flops"]["yolo"]["student"]
         for method in ("hinton", "at", "fitnets", "nst"):
             spec = copy.deepcopy(s_spec)
-            spec.hparams["distill"] = {method: _merged_distill(profile, "yolo")[method]}
+            spec.hparams["distill"] = {method: detector_config(profile, "yolo")["distill"][method]}
             log(f"bench: yolo student {method} from yolov8n ({ratio:.1f}x FLOPs)")
             entry = {"detector": "yolo", "role": "student", "model": s_spec.backbone,
                      "method": f"{method} (teacher yolov8n, {ratio:.1f}x FLOPs)"}
@@ -376,11 +376,6 @@ def run_bench(profile: dict, out: Path, data_spec: str | None = None, device: st
     (out / "bench.json").write_text(json.dumps(report, indent=1))
     (out / "bench.md").write_text(bench_markdown(report))
     return report
-
-
-def _merged_distill(profile: dict, detector: str) -> dict:
-    from study.runner import detector_config
-    return detector_config(profile, detector)["distill"]
 
 
 def bench_markdown(r: dict) -> str:

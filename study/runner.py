@@ -32,6 +32,7 @@ from study.train import train
 
 
 DETECTORS = ("faster_rcnn", "fcos", "yolo")
+SHAPE_KEYS = {"faster_rcnn": "frcnn", "fcos": "fcos", "yolo": "yolo"}  # the hparams key of a detector's shape
 
 
 @dataclass
@@ -59,7 +60,7 @@ def detector_config(profile: dict, detector: str) -> dict:
     if detector == "faster_rcnn":
         return {"teacher": profile["teacher"], "student": profile["student"], "train": profile["train"],
                 "distill": profile["distill"], "methods": profile["methods"], "compress": profile["compress"],
-                "compression": profile["compression"], "shape_key": "frcnn", "shape": profile["frcnn"]}
+                "compression": profile["compression"], "shape_key": SHAPE_KEYS[detector], "shape": profile["frcnn"]}
     if detector not in DETECTORS:
         raise ValueError(f"unknown detector '{detector}' (known: {', '.join(DETECTORS)})")
     section = profile[detector]
@@ -67,7 +68,7 @@ def detector_config(profile: dict, detector: str) -> dict:
             "train": _merge(profile["train"], section.get("train", {})),
             "distill": _merge(profile["distill"], section.get("distill", {})),
             "methods": section.get("methods", profile["methods"]), "compress": section.get("compress", []),
-            "compression": profile["compression"], "shape_key": detector, "shape": section["shape"]}
+            "compression": profile["compression"], "shape_key": SHAPE_KEYS[detector], "shape": section["shape"]}
 
 
 def _role_name(role: dict) -> str:
@@ -120,7 +121,7 @@ def plan_runs(profile: dict, dataset_name: str, tuned: dict[str, dict] | None = 
 
 def build_model(spec: RunSpec, num_classes: int) -> torch.nn.Module:
     """A randomly initialised model for ``spec``'s detector and role."""
-    role, shape = spec.hparams["role"], spec.hparams.get({"faster_rcnn": "frcnn"}.get(spec.detector, spec.detector))
+    role, shape = spec.hparams["role"], spec.hparams[SHAPE_KEYS[spec.detector]]
     if spec.detector == "yolo":
         return build_yolo(role["model"], num_classes, **shape)
     if spec.detector == "fcos":
