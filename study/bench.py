@@ -27,13 +27,12 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from methods.distill.distiller import FAMILIES, Distiller, TeacherCache, family_of
 from study.cost import count_gflops, latency_ms
 from study.data import DetectionData
 from study.evaluate import coco_ground_truth, coco_metrics, predict
-from study.images import ImageSet, canvas_size, flip_batch, load_images
+from study.images import ImageSet, canvas_size, decode_resized, flip_batch, load_images
 from study.runner import RunSpec, Study, build_model, describe_device, detector_config, plan_detector
 from study.store import read_runs
 from study.train import make_optimizer, train, warmup_cosine
@@ -136,18 +135,10 @@ class DiskDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         s = self.samples[i]
-        scale = self.image_size / max(s.width, s.height)
-        w, h = max(1, round(s.width * scale)), max(1, round(s.height * scale))
-        with Image.open(s.image_path) as im:
-            im = im.convert("RGB").resize((w, h), Image.BILINEAR)
-        image = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(h, w, 3).permute(2, 0, 1)
-        image = image.float().div(255)
-        boxes = torch.from_numpy(s.boxes).float() * scale
-        if self.hflip and torch.rand(()) < 0.5:
-            image, boxes = image.flip(-1), torch.stack((w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]), 1)
-        if self.vflip and torch.rand(()) < 0.5:
-            image, boxes = image.flip(-2), torch.stack((boxes[:, 0], h - boxes[:, 3], boxes[:, 2], h - boxes[:, 1]), 1)
-        return image, {"boxes": boxes, "labels": torch.from_numpy(s.labels).long()}
+        image, scale = decode_resized(s, self.image_size)
+        code = (int(self.hflip and torch.rand(()) < 0.5)) | (2 * int(self.vflip and torch.rand(()) < 0.5))
+        images, boxes = flip_batch(image[None], [torch.from_numpy(s.boxes).float() * scale], [code])
+        return images[0].float().div(255), {"boxes": boxes[0], "labels": torch.from_numpy(s.labels).long()}
 
 
 def _collate(batch):

@@ -38,20 +38,26 @@ class ImageSet:
         return len(self.samples)
 
 
+def decode_resized(sample: Sample, image_size: int) -> tuple[torch.Tensor, float]:
+    """The sample's image decoded, RGB, resized so that its longer side is ``image_size``: ((3, h, w) uint8, scale)."""
+    scale = image_size / max(sample.width, sample.height)
+    new_w, new_h = max(1, round(sample.width * scale)), max(1, round(sample.height * scale))
+    try:
+        with Image.open(sample.image_path) as im:
+            im = im.convert("RGB").resize((new_w, new_h), Image.BILINEAR)
+    except Exception as exc:
+        raise DataError(f"{sample.image_path}: image cannot be decoded ({type(exc).__name__})") from None
+    image = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(new_h, new_w, 3).permute(2, 0, 1)
+    return image, scale
+
+
 def load_images(samples: list[Sample], canvas: tuple[int, int], image_size: int) -> ImageSet:
     height, width = canvas
     images = torch.zeros((len(samples), 3, height, width), dtype=torch.uint8)
     boxes, labels, scales = [], [], []
     for i, s in enumerate(samples):
-        scale = image_size / max(s.width, s.height)
-        new_w, new_h = max(1, round(s.width * scale)), max(1, round(s.height * scale))
-        try:
-            with Image.open(s.image_path) as im:
-                im = im.convert("RGB").resize((new_w, new_h), Image.BILINEAR)
-        except Exception as exc:
-            raise DataError(f"{s.image_path}: image cannot be decoded ({type(exc).__name__})") from None
-        images[i, :, :new_h, :new_w] = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(
-            new_h, new_w, 3).permute(2, 0, 1)
+        image, scale = decode_resized(s, image_size)
+        images[i, :, :image.shape[1], :image.shape[2]] = image
         boxes.append(torch.from_numpy(s.boxes).float() * scale)
         labels.append(torch.from_numpy(s.labels).long())
         scales.append(scale)
