@@ -1,21 +1,30 @@
-"""One distillation step of a tiny Faster R-CNN for every method; gradients, adapters, the teacher cache."""
+"""One distillation step of a tiny detector of every family for every method; gradients, adapters, the teacher cache."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from detectors.faster_rcnn import build_faster_rcnn
+from detectors.fcos import build_fcos
+from detectors.yolo import build_yolo
 from methods.distill.distiller import Distiller, TeacherCache, parse_method
 from study.cost import count_params
 
 HP = {"hinton": {"weight": 1.0, "temperature": 4.0}, "fitnets": {"weight": 100.0, "taps": ["c4", "p3"]},
       "at": {"weight": 1000.0, "p": 2, "taps": ["c3", "c5"]}, "nst": {"weight": 50.0, "taps": ["c3", "p4"]}}
+# single-stage families: YOLO has neck taps only (p3-p5)
+DENSE_HP = {"hinton": HP["hinton"], "fitnets": {"weight": 100.0, "taps": ["p3", "p5"]},
+            "at": {"weight": 1000.0, "p": 2, "taps": ["p3", "p4"]}, "nst": {"weight": 50.0, "taps": ["p4"]}}
 SMALL = dict(rpn_pre_nms_train=50, rpn_post_nms_train=20, rpn_pre_nms_test=20, rpn_post_nms_test=10,
              box_batch_per_image=16)
 
 
-def pair():
+def pair(family="faster_rcnn"):
     torch.manual_seed(0)
+    if family == "yolo":
+        return build_yolo("yolov8p", 3), build_yolo("yolov8t", 3)
+    if family == "fcos":
+        return build_fcos("shallow", 3, fpn_channels=32), build_fcos("resnet18", 3, fpn_channels=64)
     student = build_faster_rcnn("shallow", 3, fpn_channels=8, roi_dim=16, **SMALL)
     teacher = build_faster_rcnn("resnet18", 3, fpn_channels=16, roi_dim=32, **SMALL)
     return student, teacher
@@ -25,15 +34,16 @@ def batch():
     g = torch.Generator().manual_seed(1)
     images = [torch.rand(3, 64, 96, generator=g) for _ in range(2)]
     targets = [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [40.0, 10.0, 70.0, 50.0]]),
-                "labels": torch.tensor([1, 2])} for _ in range(2)]
+                "labels": torch.tensor([1, 3])} for _ in range(2)]
     return images, targets
 
 
+@pytest.mark.parametrize("family", ["faster_rcnn", "yolo", "fcos"])
 @pytest.mark.parametrize("method", ["hinton", "fitnets", "at", "nst", "hinton+at", "fitnets+nst"])
-def test_one_distillation_step(method):
-    student, teacher = pair()
+def test_one_distillation_step(family, method):
+    student, teacher = pair(family)
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    methods = {m: HP[m] for m in parse_method(method)}
+    methods = {m: (HP if family == "faster_rcnn" else DENSE_HP)[m] for m in parse_method(method)}
     distiller = Distiller(student, TeacherCache(teacher), methods)
     distiller.train()
     assert not teacher.training  # the teacher stays in eval mode
