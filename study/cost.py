@@ -73,17 +73,25 @@ def latency_ms(model: torch.nn.Module, image: torch.Tensor, device: torch.device
 
 
 def measure(model: torch.nn.Module, image: torch.Tensor, cfg: dict, weights_path: Path | None = None,
-            flops_model: torch.nn.Module | None = None, cuda: bool = True) -> dict:
+            flops_model: torch.nn.Module | None = None, cuda: bool = True, latency: bool = True) -> dict:
     """All costs of ``model`` (moved to the CPU for CPU latency; CUDA latency where available and ``cuda``).
 
     ``flops_model`` counts FLOPs in place of ``model`` (an int8 model's quantized kernels are not counted by the
-    FLOP counter, so its float original is counted: the same multiply-adds, in int8).
+    FLOP counter, so its float original is counted: the same multiply-adds, in int8). ``latency=False`` leaves
+    ``cpu_ms``/``gpu_ms`` empty, for :func:`measure_latency` later (when other runs share the machine now).
     """
     model = model.to("cpu").eval()
     gflops, proposals = count_gflops(flops_model.to("cpu") if flops_model is not None else model, image)
     out = {"params": count_params(model), "gflops": gflops, "proposals_counted": proposals,
-           "size_mb": size_mb(model, weights_path),
-           "cpu_ms": latency_ms(model, image, torch.device("cpu"), cfg["warmup"], cfg["runs"], cfg["threads"]),
+           "size_mb": size_mb(model, weights_path), "cpu_ms": None, "gpu_ms": None}
+    if latency:
+        out |= measure_latency(model, image, cfg, cuda)
+    return out
+
+
+def measure_latency(model: torch.nn.Module, image: torch.Tensor, cfg: dict, cuda: bool = True) -> dict:
+    """``cpu_ms`` (with ``cfg["threads"]`` threads) and ``gpu_ms`` (where a GPU exists and ``cuda``) of ``model``."""
+    out = {"cpu_ms": latency_ms(model, image, torch.device("cpu"), cfg["warmup"], cfg["runs"], cfg["threads"]),
            "gpu_ms": None}
     if cuda and torch.cuda.is_available():
         out["gpu_ms"] = latency_ms(model, image, torch.device("cuda"), cfg["warmup"], cfg["runs"])

@@ -6,6 +6,7 @@ with its reason and the study goes on.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import platform
@@ -21,12 +22,13 @@ from detectors.fcos import build_fcos
 from detectors.yolo import build_yolo, configure_ultralytics
 from methods.distill.distiller import Distiller, TeacherCache, parse_method
 from methods.prune import prune_backbone
-from methods.quantize import fp16_weights, quantize_int8, upcast
-from study.cost import count_params, measure
+from methods.quantize import fp16_weights, load_int8, quantize_int8, upcast
+from study.cost import count_params, measure, measure_latency
 from study.data import DetectionData, load_dataset
 from study.defaults import _merge
 from study.evaluate import evaluate
 from study.images import ImageSet, canvas_size, load_images
+from study.parallel import run_parallel, worker_count
 from study.store import read_runs, upsert_run
 from study.train import train
 
@@ -145,7 +147,7 @@ def describe_device(device: torch.device) -> str:
 
 class Study:
     def __init__(self, profile: dict, out_dir: Path, data_spec: str | None = None, device: str | None = None,
-                 progress: bool = True, log=print):
+                 progress: bool = True, log=print, workers: int | None = None):
         self.profile = profile
         self.out_dir = Path(out_dir)
         configure_ultralytics(self.out_dir / ".ultralytics")  # its settings file stays in the results folder
@@ -154,6 +156,8 @@ class Study:
         self.data_spec = data_spec or profile["data"]
         self.progress = progress
         self.log = log
+        self.workers = workers  # None: the profile's ``execution`` settings decide
+        self.defer_latency = False  # True in a worker process: latency is measured once the machine is quiet
         self._data: DetectionData | None = None
         self._sets: dict[str, ImageSet] = {}
         self._teacher_caches: dict[str, TeacherCache] = {}
@@ -226,7 +230,8 @@ class Study:
         test_set = self.image_set("test")
         metrics = evaluate(model, test_set, self.data().class_names, self.device)
         costs = measure(model, test_set.images[0].float().div(255), self.profile["cost"],
-                        self.out_dir / "runs" / spec.run_id / "best.pt")
+                        self.out_dir / "runs" / spec.run_id / "best.pt", latency=not self.defer_latency)
+        self._keep_for_latency(spec)
         return costs | metrics | {"adapter_params": adapter_params, "val_map": result["best_val_map"],
                                   "best_epoch": result["best_epoch"], "train_s": result["train_s"]}
 
@@ -282,18 +287,87 @@ class Study:
             details["size_mb_fp16"] = (run_dir / "best.pt").stat().st_size / 1e6
         metrics = evaluate(eval_model.to(eval_device), test_set, classes, eval_device)
         weights_path = None if spec.method == "fp16" else run_dir / "best.pt"  # fp16: keep the half file
-        costs = measure(eval_model, image, self.profile["cost"], weights_path, flops_model, cuda)
+        costs = measure(eval_model, image, self.profile["cost"], weights_path, flops_model, cuda,
+                        latency=not self.defer_latency)
+        self._keep_for_latency(spec)
         if spec.method == "fp16":
             costs["size_mb"] = details["size_mb_fp16"]
         if flops_model is not None:  # int8 weights are packed buffers, not parameters: count the float original's
             costs["params"] = count_params(flops_model)
         return costs | metrics | out | {"details": json.dumps(details)}
 
+    # -------------------------------------------------------------- latency, measured alone
+    def _latency_marker(self, run_id: str) -> Path:
+        return self.out_dir / "runs" / run_id / "latency_pending.json"
+
+    def _keep_for_latency(self, spec: RunSpec) -> None:
+        """With latency deferred, leave a note that the run's latency is still to be measured."""
+        if self.defer_latency:
+            self._latency_marker(spec.run_id).write_text(json.dumps(dataclasses.asdict(spec)))
+
+    def evaluated_model(self, spec: RunSpec) -> tuple[torch.nn.Module, bool]:
+        """A finished run's model as it was evaluated (trained, pruned, int8 or fp16-rounded), from its files, and
+        whether it runs on a GPU (int8 kernels are CPU-only)."""
+        run_dir = self.out_dir / "runs" / spec.run_id
+        if spec.method.startswith("prune"):
+            return torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False), True
+        state = torch.load(run_dir / "best.pt", map_location="cpu")
+        if spec.method == "int8":
+            cfg = spec.hparams["compress"]
+            calibration = self.image_set("train").images[:cfg["calibration_images"]].float().div(255)
+            return load_int8(self.load_finished(spec.hparams["source_run"]).eval(), state, calibration,
+                             cfg["per_channel"], cfg.get("reduce_range", False)), False
+        model = self.build(spec)
+        model.load_state_dict(state)  # fp16: the half weights, upcast on loading
+        return model, True
+
+    def measure_deferred_latency(self) -> int:
+        """Measure, one at a time in this process, the latency of every finished run whose runs trained while
+        other runs shared the machine; returns how many were measured."""
+        measured = 0
+        for row in read_runs(self.runs_csv):
+            marker = self._latency_marker(row["run_id"])
+            if row["status"] != "ok" or row["cpu_ms"] or not marker.is_file():
+                continue
+            spec = RunSpec(**json.loads(marker.read_text()))
+            model, cuda = self.evaluated_model(spec)
+            image = self.image_set("test").images[0].float().div(255)
+            row |= measure_latency(model, image, self.profile["cost"], cuda)
+            upsert_run(self.runs_csv, row)
+            marker.unlink()
+            measured += 1
+        if measured:
+            self.log(f"measured the latency of {measured} runs, one at a time")
+        return measured
+
     def ensure_teacher(self, detector: str = "faster_rcnn") -> str:
         """Run the profile's teacher of ``detector`` if it has not finished; return its run id."""
         teacher = plan_detector(self.profile, detector, self.data().name)[0]
         self.run([teacher])
         return teacher.run_id
+
+    def run_one(self, spec: RunSpec, label: str = "") -> dict:
+        """Execute one run and return its ``runs.csv`` row: ok with its results, or failed with the reason (the
+        traceback in the run's error.txt)."""
+        started = time.perf_counter()
+        row = {"run_id": spec.run_id, "profile": self.profile["name"], "dataset": self.data().name,
+               "detector": spec.detector, "backbone": spec.backbone, "method": spec.method,
+               "hparams": json.dumps(spec.hparams, sort_keys=True), "seed": spec.seed,
+               "device": describe_device(self.device)}
+        try:
+            result = self.execute(spec)
+            result["per_class_ap"] = json.dumps(result["per_class_ap"])
+            row |= result | {"status": "ok", "error": "", "wall_s": round(time.perf_counter() - started, 1)}
+            self.log(f"{label} {spec.run_id}: mAP {result['map']:.3f} AP50 {result['map50']:.3f} "
+                     f"({time.perf_counter() - started:.0f} s)")
+        except Exception as exc:  # recorded, and the study goes on
+            message = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+            (self.out_dir / "runs" / spec.run_id).mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "runs" / spec.run_id / "error.txt").write_text(traceback.format_exc())
+            row |= {"status": "failed", "error": message, "train_s": round(time.perf_counter() - started, 1),
+                    "wall_s": round(time.perf_counter() - started, 1)}
+            self.log(f"{label} {spec.run_id}: FAILED: {message}")
+        return row
 
     def run(self, specs: list[RunSpec] | None = None, tuned: dict[str, dict] | None = None) -> Path:
         """Run ``specs`` (default: the profile's plan, with ``tuned`` hyperparameters where given)."""
@@ -305,26 +379,13 @@ class Study:
                 (r["status"] == "ok" and (self.out_dir / "runs" / r["run_id"] / "best.pt").is_file())}
         self.log(f"study '{self.profile['name']}' on {self.data_spec}: {len(specs)} runs, "
                  f"{len(done & {s.run_id for s in specs})} already finished, device {self.device}")
-        for n, spec in enumerate(specs, 1):
-            if spec.run_id in done:
-                continue
-            started = time.perf_counter()
-            row = {"run_id": spec.run_id, "profile": self.profile["name"], "dataset": self.data().name,
-                   "detector": spec.detector, "backbone": spec.backbone, "method": spec.method,
-                   "hparams": json.dumps(spec.hparams, sort_keys=True), "seed": spec.seed, "device": describe_device(self.device)}
-            try:
-                result = self.execute(spec)
-                result["per_class_ap"] = json.dumps(result["per_class_ap"])
-                row |= result | {"status": "ok", "error": "", "wall_s": round(time.perf_counter() - started, 1)}
-                self.log(f"[{n}/{len(specs)}] {spec.run_id}: mAP {result['map']:.3f} AP50 {result['map50']:.3f} "
-                         f"({time.perf_counter() - started:.0f} s)")
-            except Exception as exc:  # recorded, and the study goes on
-                message = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
-                (self.out_dir / "runs" / spec.run_id).mkdir(parents=True, exist_ok=True)
-                (self.out_dir / "runs" / spec.run_id / "error.txt").write_text(traceback.format_exc())
-                row |= {"status": "failed", "error": message,
-                        "train_s": round(time.perf_counter() - started, 1),
-                        "wall_s": round(time.perf_counter() - started, 1)}
-                self.log(f"[{n}/{len(specs)}] {spec.run_id}: FAILED: {message}")
-            upsert_run(self.runs_csv, row)
+        todo = [(f"[{n}/{len(specs)}]", spec) for n, spec in enumerate(specs, 1) if spec.run_id not in done]
+        workers = self.workers if self.workers is not None else worker_count(self.profile["execution"], self.device)
+        if min(workers, len(todo)) > 1:
+            run_parallel(self, todo, workers, self.profile["execution"]["threads_per_worker"],
+                         lambda row: upsert_run(self.runs_csv, row))
+        else:
+            for label, spec in todo:
+                upsert_run(self.runs_csv, self.run_one(spec, label))
+        self.measure_deferred_latency()
         return self.runs_csv

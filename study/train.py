@@ -99,7 +99,10 @@ def train(model: torch.nn.Module, loss_fn: Callable, student: torch.nn.Module, t
     every epoch (a search uses it to report validation mAP and to stop a bad trial by raising).
     """
     generator = seed_everything(seed)
+    # channels-last: faster convolutions on CPUs (oneDNN) and GPUs; back to the default layout at the end
+    layout = torch.channels_last if cfg.get("channels_last") else torch.contiguous_format
     model.to(device)
+    student.to(memory_format=layout)
     optimizer = make_optimizer(model, cfg)
     ema = WeightEMA(student, cfg["ema_decay"], cfg.get("ema_tau", 2000)) if cfg.get("ema_decay") else None
     evaluated = ema.model if ema is not None else student  # what is validated and saved
@@ -175,5 +178,6 @@ def train(model: torch.nn.Module, loss_fn: Callable, student: torch.nn.Module, t
             on_epoch(record)
     torch.save(evaluated.state_dict(), run_dir / "last.pt")
     student.load_state_dict(torch.load(run_dir / "best.pt", map_location=device))
+    student.to(memory_format=torch.contiguous_format)
     train_s = time.perf_counter() - start
     return {"history": history, "best_val_map": best_map, "best_epoch": best_epoch, "train_s": train_s}
