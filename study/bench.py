@@ -11,7 +11,9 @@
   ``DataLoader`` decoding JPEGs in workers, as in torchvision's ``references/detection``) for Faster R-CNN and
   ultralytics' own trainer for YOLO; the ratio ours / theirs;
 - evaluation time per 100 images (inference, then pycocotools) and batch-1 latency per model;
-- how a study's wall time grows with images, epochs and seeds: a small study at a base size and with each doubled.
+- how a study's wall time grows with images, epochs and seeds: a small study at a base size and with each doubled,
+  and the base study run serially (one run at a time with every thread) against worker processes;
+- before / after training in channels-last, for each plain teacher and student.
 
 Throughput figures are medians over the measured epochs; nothing here is a test (the tests do not time anything).
 """
@@ -33,6 +35,7 @@ from study.cost import count_gflops, latency_ms
 from study.data import DetectionData
 from study.evaluate import coco_ground_truth, coco_metrics, predict
 from study.images import ImageSet, canvas_size, decode_resized, flip_batch, load_images
+from study.parallel import worker_count
 from study.runner import RunSpec, Study, build_model, describe_device, detector_config, plan_detector
 from study.store import read_runs
 from study.train import make_optimizer, train, warmup_cosine
@@ -65,13 +68,13 @@ def _subset(image_set: ImageSet, n: int) -> ImageSet:
 
 
 def bench_train(study: Study, spec: RunSpec, teacher: torch.nn.Module | None, train_set: ImageSet,
-                val_set: ImageSet, epochs: int, work: Path, cache: str = "warm") -> dict:
+                val_set: ImageSet, epochs: int, work: Path, cache: str = "warm", **train_cfg) -> dict:
     """Images/s of our loop training ``spec``'s model, per epoch; distilled from ``teacher`` if given, with the
     teacher's outputs either computed at every step (``cache="off"``) or all in the cache already (``"warm"``:
     every (image, flip) pair is filled before the timed epochs, as after the first few epochs of a study)."""
     classes = study.data().class_names
     model = build_model(spec, len(classes))
-    cfg = dict(spec.hparams["train"], val_every=10**6)
+    cfg = dict(spec.hparams["train"], val_every=10**6, **train_cfg)
     if teacher is not None:
         teacher_cache = TeacherCache(copy.deepcopy(teacher).to(study.device), 4096 if cache == "warm" else 0)
         distiller = Distiller(model, teacher_cache, spec.hparams["distill"])
@@ -194,7 +197,8 @@ def bench_eval(model: torch.nn.Module, test_set: ImageSet, classes: list[str], d
 def bench_scaling(profile: dict, base: dict, work: Path, data_spec: str | None) -> list[dict]:
     """Wall time of a small study (every detector: teacher, baseline and one distilled student) at a base size and
     with images, epochs and seeds each doubled."""
-    sizes = [("base", {}), ("2x images", {"max_train_images": 2 * base["max_train_images"]}),
+    sizes = [("base", {}), ("base, serial", {"serial": True}),
+             ("2x images", {"max_train_images": 2 * base["max_train_images"]}),
              ("2x epochs", {"epochs": 2 * base["epochs"]}), ("2x seeds", {"seeds": base["seeds"] + [base["seeds"][-1] + 1]})]
     out = []
     for label, change in sizes:
@@ -202,6 +206,8 @@ def bench_scaling(profile: dict, base: dict, work: Path, data_spec: str | None) 
         p = copy.deepcopy(profile)
         p.update(name="scaling", max_train_images=size["max_train_images"], max_eval_images=16, seeds=size["seeds"],
                  methods=["baseline", "hinton"], compress=[])
+        if size.get("serial"):  # one run at a time with every thread: how studies ran before worker processes
+            p["execution"] = dict(p["execution"], workers=1)
         for role in ("teacher", "student"):
             p[role]["epochs"] = size["epochs"]
             for d in ("yolo", "fcos"):
@@ -212,33 +218,40 @@ def bench_scaling(profile: dict, base: dict, work: Path, data_spec: str | None) 
         folder = work / label.replace(" ", "_")
         study = Study(p, folder, data_spec, progress=False, log=lambda *_: None)
         study.data()
+        workers = 1 if size.get("serial") else worker_count(p["execution"], study.device)
         start = time.perf_counter()
         study.run()
         wall = time.perf_counter() - start
         rows = read_runs(folder / "runs.csv")
         out.append({"size": label, "train_images": size["max_train_images"], "epochs": size["epochs"],
                     "seeds": len(size["seeds"]), "runs": len(rows), "failed": sum(r["status"] == "failed" for r in rows),
-                    "wall_s": wall})
+                    "workers": workers, "threads": p["execution"]["threads_per_worker"] if workers > 1 else
+                    torch.get_num_threads(), "wall_s": wall})
     return out
 
 
 def default_study_wall(results: Path) -> dict | None:
-    """Per-detector sums of the last default study's recorded run times (runs.csv ``wall_s``, else ``train_s``)."""
+    """Per-detector sums of the last default study's recorded run times (runs.csv ``wall_s``, else ``train_s``),
+    and each student method's mean training time over its seeds (whole runs: the teacher cache fills as it goes)."""
     rows = [r for r in read_runs(results / "runs.csv") if r["profile"] == "default"]
     if not rows:
         return None
     out: dict[str, dict] = {}
     for r in rows:
-        entry = out.setdefault(r["detector"], {"runs": 0, "train_s": 0.0, "wall_s": 0.0, "wall_recorded": 0})
+        entry = out.setdefault(r["detector"], {"runs": 0, "train_s": 0.0, "wall_s": 0.0, "wall_recorded": 0,
+                                               "method_train_s": {}})
         entry["runs"] += 1
         entry["train_s"] += float(r["train_s"] or 0)
         if r.get("wall_s"):
             entry["wall_s"] += float(r["wall_s"])
             entry["wall_recorded"] += 1
+        if r["status"] == "ok" and r["method"] != "teacher" and r["train_s"]:
+            entry["method_train_s"].setdefault(r["method"], []).append(float(r["train_s"]))
+    for entry in out.values():
+        entry["method_train_s"] = {m: statistics.mean(v) for m, v in entry["method_train_s"].items()}
     return out
 
 
-# ------------------------------------------------------------------ the whole benchmark
 def run_bench(profile: dict, out: Path, data_spec: str | None = None, device: str | None = None,
               settings: dict | None = None, log=print) -> dict:
     settings = BENCH_DEFAULTS | (settings or {})
@@ -285,6 +298,10 @@ def run_bench(profile: dict, out: Path, data_spec: str | None = None, device: st
                 r = bench_train(study, spec, teacher, train_set, val_set, settings["epochs"] if cache == "plain" else 1,
                                 work / "train" / f"{spec.run_id}-{cache}", cache)
                 entry["img_s" if cache == "plain" else f"img_s_cache_{cache}"] = statistics.median(r["epoch_img_s"])
+            if teacher is None and spec.hparams["train"].get("channels_last"):  # before / after channels-last
+                r = bench_train(study, spec, None, train_set, val_set, settings["epochs"],
+                                work / "train" / f"{spec.run_id}-nchw", "plain", channels_last=False)
+                entry["img_s_nchw"] = statistics.median(r["epoch_img_s"])
             report["training"].append(entry)
         for role, spec in (("teacher", teacher_spec), ("student", baseline)):
             model = build_model(spec, classes_n)
@@ -398,6 +415,12 @@ def bench_markdown(r: dict) -> str:
         off, warm = t["img_s_cache_off"], t["img_s_cache_warm"]
         lines.append(f"| {t['detector']} | {t['role']} | {t['model']} | {t['method']} | - | {off:.1f} | {warm:.1f} | "
                      f"{base / off:.2f}x | {base / warm:.2f}x |")
+    layout = [t for t in r["training"] if "img_s_nchw" in t]
+    if layout:
+        lines += ["", "Training memory layout (plain runs; the loop trains channels-last, results are NCHW):", "",
+                  "| detector | role | model | NCHW img/s | channels-last img/s | speed-up |", "|---|---|---|---|---|---|"]
+        lines += [f"| {t['detector']} | {t['role']} | {t['model']} | {t['img_s_nchw']:.1f} | {t['img_s']:.1f} | "
+                  f"{t['img_s'] / t['img_s_nchw']:.2f}x |" for t in layout]
     lines += ["", "GFLOPs per image (teacher / student): " + ", ".join(
         f"{d} {f['teacher']:.2f} / {f['student']:.2f} ({f['teacher'] / f['student']:.1f}x)" for d, f in r["flops"].items()),
         "", "## Against the tools a user would otherwise pick (same model, images, settings, machine)", "",
@@ -420,13 +443,23 @@ def bench_markdown(r: dict) -> str:
         lines.append(f"| {e['detector']} | {e['role']} | {e['model']} | {e['inference_s_per_100']:.2f} | "
                      f"{e['pycocotools_s_per_100']:.2f} | {lat['cpu_ms']:.1f} | {gpu} |")
     lines += ["", "## Study wall time: how it grows", "",
-              "A small study (every detector: teacher, baseline, Hinton) at a base size and with one factor doubled.", "",
-              "| size | training images | epochs | seeds | runs | wall s |", "|---|---|---|---|---|---|"]
+              "A small study (every detector: teacher, baseline, Hinton) at a base size and with one factor doubled; "
+              "'serial' runs one run at a time with every thread (how studies ran before worker processes).", "",
+              "| size | training images | epochs | seeds | runs | workers x threads | wall s |",
+              "|---|---|---|---|---|---|---|"]
     for s in r["scaling"]:
-        lines.append(f"| {s['size']} | {s['train_images']} | {s['epochs']} | {s['seeds']} | {s['runs']} | {s['wall_s']:.0f} |")
+        lines.append(f"| {s['size']} | {s['train_images']} | {s['epochs']} | {s['seeds']} | {s['runs']} | "
+                     f"{s.get('workers', 1)} x {s.get('threads', '-')} | {s['wall_s']:.0f} |")
     if r.get("default_study"):
         lines += ["", "Last `default` study (results/default/runs.csv), summed per detector: " + "; ".join(
             f"{d}: {v['runs']} runs, training {v['train_s'] / 60:.1f} min" +
             (f", run wall {v['wall_s'] / 60:.1f} min ({v['wall_recorded']} runs recorded)" if v["wall_recorded"] else "")
             for d, v in r["default_study"].items())]
+        overhead = [(d, m, t / v["method_train_s"]["baseline"]) for d, v in r["default_study"].items()
+                    if "baseline" in v.get("method_train_s", {}) for m, t in v["method_train_s"].items()
+                    if m != "baseline" and "prune" not in m]
+        if overhead:
+            lines += ["", "Whole-run distillation overhead in that study (a method's mean training time over its "
+                      "seeds / the baseline's; the teacher runs until the cache holds every (image, flip)): " +
+                      ", ".join(f"{d} {m} {x:.2f}x" for d, m, x in overhead)]
     return "\n".join(lines) + "\n"

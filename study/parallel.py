@@ -16,7 +16,6 @@ done), YOLO's student 108 vs 2 x 75 img/s (1.4x). So a study's runs are handed t
 from __future__ import annotations
 
 import ctypes
-import json
 import multiprocessing as mp
 import os
 import signal
@@ -73,7 +72,7 @@ class _Worker:
     def __init__(self, ctx, study, threads: int):
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker, daemon=True, args=(
-            child, study.profile, study.out_dir, study.data_spec, str(study.device), study.progress,
+            child, study.profile, study.out_dir, study.data_spec, str(study.device), False,  # no interleaved bars
             study.log is print, threads))
         self.process.start()
         child.close()
@@ -106,9 +105,9 @@ def run_parallel(study, todo: list, workers: int, threads: int, record) -> None:
                 w.job = job
                 w.conn.send(job)
             busy = [w for w in pool if w.job is not None]
-            if not busy:  # nothing can start: a run waits on one that is not in this study and not finished
-                for label, spec in pending:
-                    record(study.run_one(spec, label))  # fails with the missing run named
+            if not busy:  # cannot happen (a run only waits on runs of this list, which have no cycles); were it to,
+                for label, spec in pending:  # run the rest here, one by one, rather than wait forever
+                    record(study.run_one(spec, label))
                 return
             wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
             for i, w in enumerate(pool):
@@ -127,10 +126,7 @@ def run_parallel(study, todo: list, workers: int, threads: int, record) -> None:
                     w.process.join(timeout=10)
                     message = f"WorkerDied: worker process ended with exit code {w.process.exitcode} during this run"
                     study.log(f"{label} {spec.run_id}: FAILED: {message}")
-                    row = {"run_id": spec.run_id, "profile": study.profile["name"], "dataset": study.data().name,
-                           "detector": spec.detector, "backbone": spec.backbone, "method": spec.method,
-                           "hparams": json.dumps(spec.hparams, sort_keys=True), "seed": spec.seed,
-                           "status": "failed", "error": message}
+                    row = study.row_of(spec) | {"status": "failed", "error": message}
                     pool[i] = w = _Worker(ctx, study, threads)
                 record(row)
                 unfinished.discard(spec.run_id)

@@ -223,10 +223,13 @@ def write_report(runs_csv: Path, out: Path) -> Path:
     lines = [f"# Report: {', '.join(profiles)} on {', '.join(datasets)}", "",
              f"- runs: {len(all_rows)} ({len(failed)} failed); seeds for student rows: {seeds}; "
              f"image size (longer side): {sorted(hparams)}",
-             f"- hardware: {'; '.join(devices)}; "
+             f"- hardware (threads per run): {'; '.join(devices)}; "
              f"software where this report was written: Python {platform.python_version()}, torch {torch.__version__}, "
              f"torchvision {torchvision.__version__}",
-             f"- total training time of the runs: {total_s / 60:.1f} min",
+             f"- total training time of the runs: {total_s / 60:.1f} min (summed; runs may have run at once)",
+             *[f"- execution {e['started']} ({e['profile']}): {e['runs_executed']} of {e['runs_planned']} runs, "
+               f"{e['workers']} at a time x {e['threads_per_run']} thread(s), {e['device']}: "
+               f"{float(e['wall_s']) / 60:.1f} min wall" for e in read_runs(runs_csv.parent / "executions.csv")],
              "- mAP is COCO mAP@[.5:.95] on the test split; GFLOPs = 2 × GMACs of one forward pass; CPU ms is the "
              "median per image at batch 1; Δ is against the same detector and backbone's `baseline` (for a compressed "
              "teacher: against the teacher).", "",

@@ -7,6 +7,7 @@ with its reason and the study goes on.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import json
 import platform
@@ -29,7 +30,7 @@ from study.defaults import _merge
 from study.evaluate import evaluate
 from study.images import ImageSet, canvas_size, load_images
 from study.parallel import run_parallel, worker_count
-from study.store import read_runs, upsert_run
+from study.store import append_execution, read_runs, upsert_run
 from study.train import train
 
 
@@ -346,14 +347,18 @@ class Study:
         self.run([teacher])
         return teacher.run_id
 
+    def row_of(self, spec: RunSpec) -> dict:
+        """The ``runs.csv`` columns that name a run (before its results)."""
+        return {"run_id": spec.run_id, "profile": self.profile["name"], "dataset": self.data().name,
+                "detector": spec.detector, "backbone": spec.backbone, "method": spec.method,
+                "hparams": json.dumps(spec.hparams, sort_keys=True), "seed": spec.seed,
+                "device": describe_device(self.device)}
+
     def run_one(self, spec: RunSpec, label: str = "") -> dict:
         """Execute one run and return its ``runs.csv`` row: ok with its results, or failed with the reason (the
         traceback in the run's error.txt)."""
         started = time.perf_counter()
-        row = {"run_id": spec.run_id, "profile": self.profile["name"], "dataset": self.data().name,
-               "detector": spec.detector, "backbone": spec.backbone, "method": spec.method,
-               "hparams": json.dumps(spec.hparams, sort_keys=True), "seed": spec.seed,
-               "device": describe_device(self.device)}
+        row = self.row_of(spec)
         try:
             result = self.execute(spec)
             result["per_class_ap"] = json.dumps(result["per_class_ap"])
@@ -380,12 +385,20 @@ class Study:
         self.log(f"study '{self.profile['name']}' on {self.data_spec}: {len(specs)} runs, "
                  f"{len(done & {s.run_id for s in specs})} already finished, device {self.device}")
         todo = [(f"[{n}/{len(specs)}]", spec) for n, spec in enumerate(specs, 1) if spec.run_id not in done]
-        workers = self.workers if self.workers is not None else worker_count(self.profile["execution"], self.device)
-        if min(workers, len(todo)) > 1:
-            run_parallel(self, todo, workers, self.profile["execution"]["threads_per_worker"],
+        execution = self.profile["execution"] | ({"workers": self.workers} if self.workers is not None else {})
+        workers = min(worker_count(execution, self.device), max(1, len(todo)))
+        started, clock = datetime.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
+        if workers > 1:
+            run_parallel(self, todo, workers, execution["threads_per_worker"],
                          lambda row: upsert_run(self.runs_csv, row))
         else:
             for label, spec in todo:
                 upsert_run(self.runs_csv, self.run_one(spec, label))
         self.measure_deferred_latency()
+        if todo:
+            append_execution(self.out_dir / "executions.csv", {
+                "started": started, "profile": self.profile["name"], "runs_planned": len(specs),
+                "runs_executed": len(todo), "workers": workers,
+                "threads_per_run": execution["threads_per_worker"] if workers > 1 else torch.get_num_threads(),
+                "device": describe_device(self.device).split(" (")[0], "wall_s": round(time.perf_counter() - clock, 1)})
         return self.runs_csv

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from study.bench import run_bench
+from study.bench import bench_scaling, run_bench
 from study.defaults import load_profile
 
 
@@ -26,6 +26,19 @@ def test_bench_writes_every_section(tmp_path):
     assert ("faster_rcnn", "resnet50") in tools and ("yolo", "yolov8n") in tools
     assert all(r["theirs_img_s"] > 0 and r["ours_img_s"] > 0 for r in saved["reference"])
     assert len(saved["eval"]) == len(saved["latency_ms"]) == 2 * len(profile["detectors"])
+    layout = [t for t in saved["training"] if t["method"] in ("plain", "baseline")]
+    assert layout and all(t["img_s_nchw"] > 0 for t in layout)  # before / after channels-last
     text = (tmp_path / "bench.md").read_text()
-    for heading in ("## Data pipeline", "## Training throughput", "## Against the tools", "## Evaluation and latency"):
+    for heading in ("## Data pipeline", "## Training throughput", "## Against the tools", "## Evaluation and latency",
+                    "Training memory layout"):
         assert heading in text
+
+
+def test_bench_scaling_compares_serial_and_worker_processes(tmp_path):
+    profile = dict(load_profile("smoke"), detectors=["yolo"], execution={"workers": 2, "threads_per_worker": 1})
+    rows = bench_scaling(profile, {"max_train_images": 4, "epochs": 1, "seeds": [0]}, tmp_path, None)
+    by_size = {r["size"]: r for r in rows}
+    assert set(by_size) == {"base", "base, serial", "2x images", "2x epochs", "2x seeds"}
+    assert by_size["base"]["workers"] == 2 and by_size["base, serial"]["workers"] == 1
+    assert by_size["2x seeds"]["runs"] == by_size["base"]["runs"] + 2  # one more baseline and Hinton seed
+    assert all(r["failed"] == 0 and r["wall_s"] > 0 for r in rows)

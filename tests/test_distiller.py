@@ -94,6 +94,21 @@ def test_teacher_cache_is_exact_and_reused():
     assert torch.allclose(second, uncached, atol=1e-6) and torch.allclose(first, second, atol=1e-6)
 
 
+def test_nst_teacher_kernel_is_cached_exactly():
+    student, teacher = pair()
+    distiller = Distiller(student, TeacherCache(teacher), {"nst": HP["nst"]})
+    distiller.train()
+    images, targets = batch()
+    first = distiller(images, targets, keys=[(0, 0), (1, 0)])
+    assert len(distiller._teacher_kernels) == 2 * len(HP["nst"]["taps"])  # per (tap, image, flip)
+    second = distiller(images, targets, keys=[(0, 0), (1, 0)])
+    uncached = distiller(images, targets, keys=None)
+    for tap in HP["nst"]["taps"]:
+        key = f"kd_nst_{tap}"
+        assert torch.allclose(first[key], second[key], atol=1e-6)
+        assert torch.allclose(second[key], uncached[key], atol=1e-6)
+
+
 def test_cache_budget_is_respected():
     _, teacher = pair()
     cache = TeacherCache(teacher, budget_mb=0)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.distill import attention_transfer_loss, fitnets_loss, hinton_kd_loss, nst_loss, sigmoid_kd_loss
+from methods.distill.losses import nst_teacher_kernel
 
 
 # ------------------------------------------------------------------ hand-computed values
@@ -46,6 +47,16 @@ def test_nst_hand_values():
     t2 = torch.tensor([[[[1.0, 0.0]], [[2.0, 0.0]]]])  # both normalise to (1,0)
     # mean K(t,t) = 1; mean K(s,s) = mean[[1,0],[0,1]] = 0.5; mean K(s,t) = mean[[1,1],[0,0]] = 0.5
     assert nst_loss(s2, t2).item() == pytest.approx(1 + 0.5 - 2 * 0.5)
+
+
+def test_nst_teacher_kernel_per_image_and_precomputed():
+    t = torch.tensor([[[[1.0, 0.0]], [[0.0, 3.0]]],  # image 0: orthogonal channels, K = [[1, 0], [0, 1]]
+                      [[[1.0, 0.0]], [[2.0, 0.0]]]])  # image 1: parallel channels, K = [[1, 1], [1, 1]]
+    s = torch.tensor([[[[1.0, 1.0]]], [[[0.0, 1.0]]]])
+    per_image = nst_teacher_kernel(s, t)
+    assert per_image.tolist() == pytest.approx([0.5, 1.0])
+    assert nst_loss(s, t, per_image.mean()).item() == pytest.approx(nst_loss(s, t).item(), abs=1e-6)
+    assert nst_loss(s, t, torch.tensor(0.0)).item() == pytest.approx(nst_loss(s, t).item() - 0.75, abs=1e-6)
 
 
 # ------------------------------------------------------------------ independent implementations

@@ -25,7 +25,7 @@ from torch import nn
 
 from methods.distill.adapters import FeatureAdapter
 from methods.distill.losses import (attention_transfer_loss, fitnets_loss, hinton_kd_loss, nst_loss,
-                                    sigmoid_kd_loss)
+                                    nst_teacher_kernel, sigmoid_kd_loss)
 
 FEATURE_LOSSES = {"fitnets": fitnets_loss, "at": attention_transfer_loss, "nst": nst_loss}
 METHODS = ("hinton",) + tuple(FEATURE_LOSSES)
@@ -164,6 +164,7 @@ class Distiller(nn.Module):
             raise ValueError(f"a {self.family} student needs a {self.family} teacher, not {teacher_cache.family}")
         self.batch_scaled = getattr(student, "losses_summed_over_batch", False)
         self._captured: dict = {}
+        self._teacher_kernels: dict = {}  # NST's K(t, t) per (tap, image, flip)
         self._hooks = FAMILIES[self.family]["hooks"](student, self._captured)
         self.adapters = nn.ModuleDict()
         fitnets_taps = methods.get("fitnets", {}).get("taps", [])
@@ -205,6 +206,18 @@ class Distiller(nn.Module):
         s, t = cap["dense_logits"], teacher["dense_logits"]
         return sigmoid_kd_loss(s.flatten(0, 1), t.flatten(0, 1).to(s.dtype), T)
 
+    @torch.no_grad()
+    def _nst_teacher_kernel(self, tap: str, s: torch.Tensor, t: torch.Tensor, keys) -> torch.Tensor | None:
+        """NST's mean K(t, t) for the batch from per-(tap, image, flip) values computed once (its largest kernel:
+        the teacher has the most channels); None without keys."""
+        if keys is None:
+            return None
+        missing = [i for i, k in enumerate(keys) if (tap, k) not in self._teacher_kernels]
+        if missing:
+            for i, value in zip(missing, nst_teacher_kernel(s[missing], t[missing])):
+                self._teacher_kernels[(tap, keys[i])] = value
+        return torch.stack([self._teacher_kernels[(tap, k)] for k in keys]).mean()
+
     def forward(self, images: list[torch.Tensor], targets: list[dict], keys: list[tuple[int, int]] | None = None):
         """The student's own losses plus one weighted ``kd_<method>[_<tap>]`` term per method and tap."""
         self._captured.clear()
@@ -221,12 +234,12 @@ class Distiller(nn.Module):
             for tap in hp["taps"]:
                 if tap not in student_taps:
                     raise ValueError(f"{self.family} has no feature tap '{tap}' (taps: {', '.join(student_taps)})")
-                s, t = student_taps[tap], teacher[tap]
+                s, t = student_taps[tap].contiguous(), teacher[tap]
                 if name == "fitnets":
                     term = loss_fn(self.adapters[tap](s, t.shape[-2:]), t)
                 elif name == "at":
                     term = loss_fn(s, t, hp.get("p", 2))
                 else:
-                    term = loss_fn(s, t)
+                    term = loss_fn(s, t, self._nst_teacher_kernel(tap, s, t, keys))
                 losses[f"kd_{name}_{tap}"] = scale * hp["weight"] * term
         return losses

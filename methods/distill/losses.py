@@ -79,14 +79,29 @@ def _poly2_kernel_mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a, b.transpose(1, 2)).pow(2).mean()
 
 
-def nst_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+def _nst_normalized(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    s, t = _match_spatial(student_feat, teacher_feat)
+    return F.normalize(s.flatten(2), dim=2), F.normalize(t.flatten(2), dim=2)
+
+
+def nst_teacher_kernel(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    """Per image n, mean over the teacher's channel pairs (i, j) of K(t_i, t_j) = (t_i · t_j)²: shape (N,).
+
+    NST's mean K(t, t) term is the mean of these (every image has the same channel count); it does not depend on the
+    student, so a frozen teacher's values can be cached per image (the student's map sets the pooled H × W)."""
+    _, t = _nst_normalized(student_feat, teacher_feat)
+    return torch.bmm(t, t.transpose(1, 2)).pow(2).mean((1, 2))
+
+
+def nst_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor,
+             teacher_kernel: torch.Tensor | None = None) -> torch.Tensor:
     """Huang & Wang 2017, "Like what you like: knowledge distill via neuron selectivity transfer".
 
     Each channel's H·W vector is L2-normalised; with the degree-2 polynomial kernel K(a, b) = (a · b)²,
     loss = mean K(t, t) + mean K(s, s) - 2 · mean K(s, t)   (squared MMD with means over channel pairs and the batch).
-    Channel counts may differ; the larger map is average-pooled to the smaller H × W first.
+    Channel counts may differ; the larger map is average-pooled to the smaller H × W first. ``teacher_kernel``:
+    mean K(t, t) computed before (:func:`nst_teacher_kernel`, averaged over the batch), else computed here.
     """
-    s, t = _match_spatial(student_feat, teacher_feat)
-    s = F.normalize(s.flatten(2), dim=2)
-    t = F.normalize(t.flatten(2), dim=2)
-    return _poly2_kernel_mean(t, t) + _poly2_kernel_mean(s, s) - 2 * _poly2_kernel_mean(s, t)
+    s, t = _nst_normalized(student_feat, teacher_feat)
+    k_tt = _poly2_kernel_mean(t, t) if teacher_kernel is None else teacher_kernel
+    return k_tt + _poly2_kernel_mean(s, s) - 2 * _poly2_kernel_mean(s, t)

@@ -1,0 +1,100 @@
+"""Runs on worker processes: every row as a serial study writes it, dependencies respected, latency timed alone
+afterwards, a failed run or a killed worker recorded while the rest goes on, a killed study's latency resumed."""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+from study.defaults import _merge, load_profile
+from study.parallel import worker_count
+from study.runner import Study, plan_runs
+from study.store import read_runs
+
+
+def small(**override) -> dict:
+    profile = load_profile("smoke")
+    return _merge(profile, {"execution": {"workers": 2}, **override})
+
+
+def test_worker_count():
+    cpu = torch.device("cpu")
+    assert worker_count({"workers": 3, "threads_per_worker": 1}, cpu) == 3
+    assert worker_count({"workers": "auto", "threads_per_worker": 1}, torch.device("cuda")) == 1
+    cores = len(os.sched_getaffinity(0))
+    auto = worker_count({"workers": "auto", "threads_per_worker": 1}, cpu)
+    assert 1 <= auto <= cores
+    assert worker_count({"workers": "auto", "threads_per_worker": 10**6}, cpu) == 1
+    with pytest.raises(ValueError, match="execution.workers"):
+        worker_count({"workers": 0, "threads_per_worker": 1}, cpu)
+
+
+def test_parallel_study_rows_dependencies_and_deferred_latency(tmp_path):
+    profile = small(detectors=["faster_rcnn", "yolo"], methods=["baseline", "hinton", "fitnets"],
+                    distill={"fitnets": {"taps": ["c9"]}},  # Faster R-CNN's FitNets run fails: no such tap
+                    yolo={"compress": ["prune", "int8", "fp16"]}, compress=["int8"],
+                    compression={"prune": {"finetune_epochs": 1}})
+    study = Study(profile, tmp_path, progress=False, log=lambda *_: None)
+    plan = plan_runs(profile, study.data().name)
+    rows = read_runs(study.run())
+    assert len(rows) == len(plan) and {r["run_id"] for r in rows} == {s.run_id for s in plan}
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert [(r["detector"], r["method"]) for r in failed] == [("faster_rcnn", "fitnets")]
+    assert "c9" in failed[0]["error"]
+    order = [r["run_id"] for r in rows]  # rows are written as runs end
+    for spec in plan:
+        for needed in (spec.hparams.get("teacher_run"), spec.hparams.get("source_run")):
+            if needed:
+                assert order.index(needed) < order.index(spec.run_id), spec.run_id
+    for r in rows:
+        if r["status"] == "ok":
+            assert float(r["cpu_ms"]) > 0, r["run_id"]  # timed afterwards, alone
+            assert "(1 threads)" in r["device"]  # trained by a 1-thread worker
+            assert not (tmp_path / "runs" / r["run_id"] / "latency_pending.json").exists()
+    [execution] = read_runs(tmp_path / "executions.csv")
+    assert (execution["runs_executed"], execution["workers"], execution["threads_per_run"]) == (str(len(plan)), "2", "1")
+    assert float(execution["wall_s"]) > 0
+    int8 = next(r for r in rows if r["method"] == "int8" and r["detector"] == "yolo")
+    assert json.loads(int8["details"])  # rebuilt from its saved state for the latency
+
+
+def test_killed_worker_is_recorded_and_replaced(tmp_path):
+    profile = small(detectors=["yolo"], methods=["baseline"], seeds=[0, 1, 2])
+    study = Study(profile, tmp_path, progress=False, log=lambda *_: None)
+    plan = plan_runs(profile, study.data().name)
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (study.run(), done.set()))
+    thread.start()
+    victim = None
+    deadline = time.time() + 120
+    while victim is None and time.time() < deadline:  # kill a worker once a run has started in it
+        if list(tmp_path.glob("runs/*/hparams.json")):
+            victim = multiprocessing.active_children()[0]
+            os.kill(victim.pid, signal.SIGKILL)
+        time.sleep(0.2)
+    thread.join(timeout=600)
+    assert victim is not None and done.is_set()
+    rows = read_runs(tmp_path / "runs.csv")
+    assert {r["run_id"] for r in rows} == {s.run_id for s in plan}
+    died = [r for r in rows if r["status"] == "failed"]
+    assert len(died) == 1 and "WorkerDied" in died[0]["error"] and "-9" in died[0]["error"]
+    assert sum(r["status"] == "ok" for r in rows) == len(plan) - 1  # the others ran, one on the replacement
+
+
+def test_latency_left_by_a_killed_study_is_measured_on_resume(tmp_path, monkeypatch):
+    profile = _merge(load_profile("smoke"), {"detectors": ["yolo"], "methods": ["baseline"]})
+    study = Study(profile, tmp_path, progress=False, log=lambda *_: None)
+    study.defer_latency = True  # as in a worker
+    monkeypatch.setattr(Study, "measure_deferred_latency", lambda self: 0)  # killed before the latency pass
+    rows = read_runs(study.run())
+    assert all(r["status"] == "ok" and r["cpu_ms"] == "" for r in rows)
+    monkeypatch.undo()
+    rows = read_runs(Study(profile, tmp_path, progress=False, log=lambda *_: None).run())
+    assert all(float(r["cpu_ms"]) > 0 for r in rows)
+    assert not list(tmp_path.glob("runs/*/latency_pending.json"))
