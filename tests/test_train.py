@@ -32,6 +32,22 @@ def run_once(sets, tmp_path, seed, loss_fn=None):
     return model, result
 
 
+def test_channels_last_training_returns_a_default_layout_model(sets, tmp_path):
+    data, train_set, val_set = sets
+    model = build_faster_rcnn("shallow", 3, fpn_channels=8, roi_dim=16, **SMALL)
+    conv_weight = next(p for p in model.parameters() if p.dim() == 4)
+    layouts = []
+
+    def loss_fn(images, targets, keys):
+        layouts.append(conv_weight.is_contiguous(memory_format=torch.channels_last))
+        return model(images, targets)
+
+    train(model, loss_fn, model, train_set, val_set, data.class_names, dict(CFG, channels_last=True), 1, 0, tmp_path,
+          torch.device("cpu"), progress=False)
+    assert layouts and all(layouts)  # trained in channels-last
+    assert all(p.is_contiguous() for p in model.parameters())  # handed back in the default layout
+
+
 def test_same_seed_gives_identical_weights(sets, tmp_path):
     a, result = run_once(sets, tmp_path / "a", 0)
     b, _ = run_once(sets, tmp_path / "b", 0)
