@@ -10,11 +10,10 @@ from detectors.yolo import build_yolo
 from methods.distill.distiller import Distiller, TeacherCache, parse_method
 from study.cost import count_params
 
+from helpers import DENSE_HP, batch
+
 HP = {"hinton": {"weight": 1.0, "temperature": 4.0}, "fitnets": {"weight": 100.0, "taps": ["c4", "p3"]},
       "at": {"weight": 1000.0, "p": 2, "taps": ["c3", "c5"]}, "nst": {"weight": 50.0, "taps": ["c3", "p4"]}}
-# single-stage families: YOLO has neck taps only (p3-p5)
-DENSE_HP = {"hinton": HP["hinton"], "fitnets": {"weight": 100.0, "taps": ["p3", "p5"]},
-            "at": {"weight": 1000.0, "p": 2, "taps": ["p3", "p4"]}, "nst": {"weight": 50.0, "taps": ["p4"]}}
 SMALL = dict(rpn_pre_nms_train=50, rpn_post_nms_train=20, rpn_pre_nms_test=20, rpn_post_nms_test=10,
              box_batch_per_image=16)
 
@@ -28,14 +27,6 @@ def pair(family="faster_rcnn"):
     student = build_faster_rcnn("shallow", 3, fpn_channels=8, roi_dim=16, **SMALL)
     teacher = build_faster_rcnn("resnet18", 3, fpn_channels=16, roi_dim=32, **SMALL)
     return student, teacher
-
-
-def batch():
-    g = torch.Generator().manual_seed(1)
-    images = [torch.rand(3, 64, 96, generator=g) for _ in range(2)]
-    targets = [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [40.0, 10.0, 70.0, 50.0]]),
-                "labels": torch.tensor([1, 3])} for _ in range(2)]
-    return images, targets
 
 
 @pytest.mark.parametrize("family", ["faster_rcnn", "yolo", "fcos"])

@@ -15,16 +15,7 @@ from detectors.yolo import YOLO_MODELS, build_yolo, targets_to_yolo
 from methods.distill.distiller import Distiller, TeacherCache
 from study.cost import count_params
 
-HP = {"hinton": {"weight": 1.0, "temperature": 4.0}, "fitnets": {"weight": 100.0, "taps": ["p3", "p5"]},
-      "at": {"weight": 1000.0, "p": 2, "taps": ["p3", "p4"]}, "nst": {"weight": 50.0, "taps": ["p4"]}}
-
-
-def batch():
-    g = torch.Generator().manual_seed(1)
-    images = [torch.rand(3, 64, 96, generator=g) for _ in range(2)]
-    targets = [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [40.0, 10.0, 70.0, 50.0]]),
-                "labels": torch.tensor([1, 3])} for _ in range(2)]
-    return images, targets
+from helpers import DENSE_HP as HP, batch
 
 
 def pair(family: str):
