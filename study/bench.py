@@ -35,7 +35,6 @@ from study.cost import count_gflops, latency_ms
 from study.data import DetectionData
 from study.evaluate import coco_ground_truth, coco_metrics, predict
 from study.images import ImageSet, canvas_size, decode_resized, flip_batch, load_images
-from study.parallel import worker_count
 from study.runner import RunSpec, Study, build_model, describe_device, detector_config, plan_detector
 from study.store import read_runs
 from study.train import make_optimizer, train, warmup_cosine
@@ -218,15 +217,13 @@ def bench_scaling(profile: dict, base: dict, work: Path, data_spec: str | None) 
         folder = work / label.replace(" ", "_")
         study = Study(p, folder, data_spec, progress=False, log=lambda *_: None)
         study.data()
-        workers = 1 if size.get("serial") else worker_count(p["execution"], study.device)
-        start = time.perf_counter()
         study.run()
-        wall = time.perf_counter() - start
         rows = read_runs(folder / "runs.csv")
+        [execution] = read_runs(folder / "executions.csv")  # how the study ran it, and for how long
         out.append({"size": label, "train_images": size["max_train_images"], "epochs": size["epochs"],
                     "seeds": len(size["seeds"]), "runs": len(rows), "failed": sum(r["status"] == "failed" for r in rows),
-                    "workers": workers, "threads": p["execution"]["threads_per_worker"] if workers > 1 else
-                    torch.get_num_threads(), "wall_s": wall})
+                    "workers": int(execution["workers"]), "threads": int(execution["threads_per_run"]),
+                    "wall_s": float(execution["wall_s"])})
     return out
 
 
