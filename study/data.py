@@ -16,6 +16,7 @@ zero-area or leave the image are clipped (and dropped when nothing is left) and 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import xml.etree.ElementTree as ET
@@ -108,7 +109,32 @@ def _complete_splits(splits: dict[str, list[Sample]], source: str, seed: int, fr
     for name in SPLITS:
         if not splits[name]:
             raise DataError(f"{source}: split '{name}' is empty")
+    check_disjoint(splits, source)
     return {name: splits[name] for name in SPLITS}
+
+
+def _content_hash(path: Path) -> str:
+    digest = hashlib.sha1()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_disjoint(splits: dict[str, list[Sample]], source: str) -> None:
+    """Raise :class:`DataError` naming the two splits and the first shared image when train, val and test share an
+    image, by path or by content (the same bytes under another name)."""
+    seen: dict[str, tuple[str, Path]] = {}  # path or content hash -> (split, image path)
+    for name in SPLITS:
+        for sample in splits.get(name, []):
+            path = sample.image_path.resolve()
+            for key, how in ((str(path), "the same file"), ("sha1:" + _content_hash(path), "the same content")):
+                other = seen.get(key)
+                if other is not None and other[0] != name:
+                    shown = (f"{sample.image_path}" if how == "the same file"
+                             else f"{sample.image_path} (same content as {other[1]})")
+                    raise DataError(f"{source}: splits '{other[0]}' and '{name}' share an image: {shown}")
+                seen.setdefault(key, (name, sample.image_path))
 
 
 # ---------------------------------------------------------------- VOC
@@ -148,9 +174,12 @@ def load_voc(root: Path, seed: int = 0, carve_fraction: float = 0.15) -> Detecti
             if not ids:
                 raise DataError(f"{path}: split file is empty")
             split_ids[name] = ids
-    if "train" not in split_ids and "trainval" in split_ids:
-        split_ids["train"] = split_ids["trainval"]
-    split_ids.pop("trainval", None)
+    trainval = split_ids.pop("trainval", None)
+    if "train" not in split_ids and trainval is not None:  # train = trainval less what val and test hold
+        held_out = set(split_ids.get("val", [])) | set(split_ids.get("test", []))
+        split_ids["train"] = [i for i in trainval if i not in held_out]
+        if not split_ids["train"]:
+            raise DataError(f"{sets / 'trainval.txt'}: every image is also in val.txt or test.txt; nothing to train on")
     if "train" not in split_ids:
         raise DataError(f"{sets}: no train.txt or trainval.txt")
 

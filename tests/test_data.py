@@ -35,6 +35,28 @@ def test_voc_missing_val_split_is_carved_from_train_deterministically(tmp_path, 
     assert not {s.image_path for s in a.splits["val"]} & {s.image_path for s in a.splits["train"]}
 
 
+def test_splits_sharing_an_image_by_path_are_an_error_naming_both_splits_and_the_file(tmp_path, ids):
+    root = make_voc(tmp_path / "v", {"train": ids[:5], "val": ids[4:7], "test": ids[7:]})
+    with pytest.raises(DataError, match=f"splits 'train' and 'val' share an image: .*{ids[4]}.jpg$"):
+        load_dataset(f"voc:{root}")
+
+
+def test_splits_sharing_an_image_by_content_are_an_error(tmp_path, ids):
+    root = make_voc(tmp_path / "v", {"train": ids[:5], "val": ids[5:7], "test": ids[7:]})
+    # the same bytes under a new name in test: caught by the content hash, not the path
+    (root / "JPEGImages" / f"{ids[8]}.jpg").write_bytes((root / "JPEGImages" / f"{ids[1]}.jpg").read_bytes())
+    with pytest.raises(DataError, match=f"splits 'train' and 'test' share an image: .*{ids[8]}.jpg "
+                                        f"\\(same content as .*{ids[1]}.jpg\\)"):
+        load_dataset(f"voc:{root}")
+
+
+def test_voc_trainval_without_train_trains_on_trainval_less_val_and_test(tmp_path, ids):
+    root = make_voc(tmp_path / "v", {"trainval": ids[:7], "val": ids[5:7], "test": ids[7:]})
+    data = load_dataset(f"voc:{root}")
+    assert [s.image_path.stem for s in data.splits["train"]] == ids[:5]
+    assert [s.image_path.stem for s in data.splits["val"]] == ids[5:7]
+
+
 def test_voc_missing_image_names_the_file(tiny_voc, ids):
     (tiny_voc / "JPEGImages" / f"{ids[0]}.jpg").unlink()
     with pytest.raises(DataError, match=f"{ids[0]}.jpg: image file is missing"):
