@@ -25,7 +25,7 @@ def parity_profile(profile: dict, model: str, image_size: int, epochs: int, seed
     """``profile`` reduced to one plain YOLO ``model`` run (the teacher slot, no students)."""
     p = copy.deepcopy(profile)
     p["name"] = "parity"
-    p.update(detectors=["yolo"], image_size=image_size, teacher_seed=seed)
+    p.update(detectors=["yolo"], image_size=image_size, teacher_seeds=[seed])
     p["yolo"]["teacher"] = {"model": model, "epochs": epochs}
     p["yolo"]["methods"], p["yolo"]["compress"] = [], []
     return p

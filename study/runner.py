@@ -24,14 +24,14 @@ from detectors.yolo import build_yolo, configure_ultralytics
 from methods.distill.distiller import Distiller, TeacherCache, parse_method
 from methods.prune import prune_backbone
 from methods.quantize import fp16_weights, load_int8, quantize_int8, upcast
-from study.cost import count_params, measure, measure_latency
+from study.cost import count_params, interleaved_latency, latency_ms, measure
 from study.data import DetectionData, load_dataset
 from study.defaults import _merge
 from study.evaluate import evaluate
 from study.images import ImageSet, canvas_size, load_images
 from study.parallel import run_parallel, worker_count
 from study.store import append_execution, read_runs, upsert_run
-from study.train import train
+from study.train import seed_everything, train
 
 
 DETECTORS = ("faster_rcnn", "fcos", "yolo")
@@ -78,38 +78,51 @@ def _role_name(role: dict) -> str:
     return role.get("backbone") or role["model"]
 
 
+def teacher_of(profile: dict, seed: int) -> int:
+    """The teacher seed a student seed is paired with: teacher seeds alternate over the student seeds in order, so
+    every distilled row's (teacher, seed) cells span the teachers and its paired differences carry their variance."""
+    return profile["teacher_seeds"][profile["seeds"].index(seed) % len(profile["teacher_seeds"])]
+
+
 def plan_detector(profile: dict, detector: str, dataset_name: str, tuned: dict[str, dict] | None = None
                   ) -> list[RunSpec]:
-    """One detector's teacher run, then each (method, seed) student run, then its compression runs. ``tuned``
-    maps a method to ``{"distill": {...}, "source": {...}}`` from a search; those runs use the tuned values."""
+    """One detector's teacher runs (one per teacher seed), then each (method, seed) student run, then its
+    compression runs (of the first teacher). A distilled student of seed s reads the teacher :func:`teacher_of`
+    gives; ``baseline-long`` is the student alone for ``long_factor`` times the epochs (the compute control).
+    ``tuned`` maps a method to ``{"distill": {...}, "source": {...}}`` from a search; those runs use the tuned
+    values."""
     cfg = detector_config(profile, detector)
     common = {"dataset": dataset_name, "image_size": profile["image_size"], "train": cfg["train"],
               cfg["shape_key"]: cfg["shape"], "max_train_images": profile["max_train_images"]}
     t = cfg["teacher"]
     teacher_hp = common | {"role": t}
-    teacher = RunSpec(_run_id(detector, _role_name(t), "teacher", profile["teacher_seed"], teacher_hp), "teacher",
-                      _role_name(t), "teacher", profile["teacher_seed"], teacher_hp, detector)
-    runs = [teacher]
+    teachers = {seed: RunSpec(_run_id(detector, _role_name(t), "teacher", seed, teacher_hp), "teacher",
+                              _role_name(t), "teacher", seed, teacher_hp, detector)
+                for seed in profile["teacher_seeds"]}
+    runs = list(teachers.values())
     s = cfg["student"]
     for method in cfg["methods"]:
-        hp = common | {"role": s}
-        if method != "baseline":
-            hp["distill"] = {m: cfg["distill"][m] for m in parse_method(method)}
-            hp["teacher_run"] = teacher.run_id
-            if tuned and method in tuned:
-                hp["distill"], hp["tuned"] = tuned[method]["distill"], tuned[method]["source"]
         for seed in profile["seeds"]:
+            hp = common | {"role": s}
+            if method == "baseline-long":
+                hp["role"] = s | {"epochs": s["epochs"] * profile["long_factor"]}
+            elif method != "baseline":
+                hp["distill"] = {m: cfg["distill"][m] for m in parse_method(method)}
+                hp["teacher_run"] = teachers[teacher_of(profile, seed)].run_id
+                if tuned and method in tuned:
+                    hp["distill"], hp["tuned"] = tuned[method]["distill"], tuned[method]["source"]
             runs.append(RunSpec(_run_id(detector, _role_name(s), method, seed, hp), "student", _role_name(s), method,
                                 seed, hp, detector))
+    first_teacher = teachers[profile["teacher_seeds"][0]]
     for method in cfg["compress"]:
         if method not in cfg["compression"]:
             raise ValueError(f"unknown compression method '{method}' (known: {', '.join(cfg['compression'])})")
         comp = cfg["compression"][method]
         hp = common | {"role": t, "compress": {k: v for k, v in comp.items() if k != "kd"},
-                       "source_run": teacher.run_id}
+                       "source_run": first_teacher.run_id}
         if "kd" in comp:
-            hp["distill"], hp["teacher_run"] = comp["kd"], teacher.run_id
-        seeds = profile["seeds"] if method.startswith("prune") else [profile["teacher_seed"]]
+            hp["distill"], hp["teacher_run"] = comp["kd"], first_teacher.run_id
+        seeds = profile["seeds"] if method.startswith("prune") else [first_teacher.seed]
         for seed in seeds:
             runs.append(RunSpec(_run_id(detector, _role_name(t), method, seed, hp), "compressed", _role_name(t),
                                 method, seed, hp, detector))
@@ -158,7 +171,6 @@ class Study:
         self.progress = progress
         self.log = log
         self.workers = workers  # None: the profile's ``execution`` settings decide
-        self.defer_latency = False  # True in a worker process: latency is measured once the machine is quiet
         self._data: DetectionData | None = None
         self._sets: dict[str, ImageSet] = {}
         self._teacher_caches: dict[str, TeacherCache] = {}
@@ -166,7 +178,7 @@ class Study:
     # -------------------------------------------------------------- data, loaded once per study
     def data(self) -> DetectionData:
         if self._data is None:
-            self._data = load_dataset(self.data_spec, seed=self.profile["teacher_seed"])
+            self._data = load_dataset(self.data_spec, seed=self.profile["split_seed"])
             for line in self._data.warning_lines():
                 self.log(line)
         return self._data
@@ -207,11 +219,14 @@ class Study:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "hparams.json").write_text(json.dumps(spec.hparams, indent=1, sort_keys=True))
         train_set, val_set = self.image_set("train"), self.image_set("val")
+        # everything that may draw random numbers or not depending on what this process did before (loading
+        # the teacher builds a model) comes first; then the run's seed, then everything the run builds
+        teacher = self.teacher_cache(spec.hparams["teacher_run"]) if "distill" in spec.hparams else None
+        seed_everything(spec.seed)
         model = model if model is not None else self.build(spec)
         distiller = None
-        if "distill" in spec.hparams:
-            distiller = Distiller(model, self.teacher_cache(spec.hparams["teacher_run"]),
-                                            spec.hparams["distill"])
+        if teacher is not None:
+            distiller = Distiller(model, teacher, spec.hparams["distill"])
             wrapped, loss_fn = distiller, distiller
         else:
             wrapped, loss_fn = model, (lambda images, targets, keys: model(images, targets))
@@ -230,8 +245,7 @@ class Study:
         model, adapter_params, result = self.train_run(spec, self.out_dir / "runs" / spec.run_id)
         test_set = self.image_set("test")
         metrics = evaluate(model, test_set, self.data().class_names, self.device)
-        costs = measure(model, test_set.images[0].float().div(255), self.profile["cost"],
-                        self.out_dir / "runs" / spec.run_id / "best.pt", latency=not self.defer_latency)
+        costs = measure(model, test_set.images[0].float().div(255), self.out_dir / "runs" / spec.run_id / "best.pt")
         self._keep_for_latency(spec)
         return costs | metrics | {"adapter_params": adapter_params, "val_map": result["best_val_map"],
                                   "best_epoch": result["best_epoch"], "train_s": result["train_s"]}
@@ -242,10 +256,11 @@ class Study:
         cfg, run_dir = spec.hparams["compress"], self.out_dir / "runs" / spec.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         model = self.load_finished(spec.hparams["source_run"])
+        seed_everything(spec.seed)  # calibration and pruning draw nothing before this; fine-tuning re-seeds
         test_set, classes = self.image_set("test"), self.data().class_names
         image = test_set.images[0].float().div(255)
         details, out = {}, {}
-        eval_device, eval_model, flops_model, cuda = self.device, model, None, True
+        eval_device, eval_model, flops_model = self.device, model, None
         if spec.method.startswith("prune"):
             train_set = self.image_set("train")
             batch = train_set.images[:spec.hparams["train"]["batch_size"]].float().div(255)
@@ -279,7 +294,7 @@ class Study:
         elif spec.method == "int8":
             calibration = self.image_set("train").images[:cfg["calibration_images"]].float().div(255)
             eval_model, details = quantize_int8(model, calibration, cfg["per_channel"], cfg.get("reduce_range", False))
-            eval_device, flops_model, cuda = torch.device("cpu"), model, False
+            eval_device, flops_model = torch.device("cpu"), model
         elif spec.method == "fp16":
             half = fp16_weights(model)
             details = {"stored": "float16 weights", "cpu_inference": "upcast to float32"}
@@ -288,8 +303,7 @@ class Study:
             details["size_mb_fp16"] = (run_dir / "best.pt").stat().st_size / 1e6
         metrics = evaluate(eval_model.to(eval_device), test_set, classes, eval_device)
         weights_path = None if spec.method == "fp16" else run_dir / "best.pt"  # fp16: keep the half file
-        costs = measure(eval_model, image, self.profile["cost"], weights_path, flops_model, cuda,
-                        latency=not self.defer_latency)
+        costs = measure(eval_model, image, weights_path, flops_model)
         self._keep_for_latency(spec)
         if spec.method == "fp16":
             costs["size_mb"] = details["size_mb_fp16"]
@@ -297,14 +311,13 @@ class Study:
             costs["params"] = count_params(flops_model)
         return costs | metrics | out | {"details": json.dumps(details)}
 
-    # -------------------------------------------------------------- latency, measured alone
-    def _latency_marker(self, run_id: str) -> Path:
-        return self.out_dir / "runs" / run_id / "latency_pending.json"
+    # -------------------------------------------------------------- latency, measured alone, all models together
+    def _spec_file(self, run_id: str) -> Path:
+        return self.out_dir / "runs" / run_id / "spec.json"
 
     def _keep_for_latency(self, spec: RunSpec) -> None:
-        """With latency deferred, leave a note that the run's latency is still to be measured."""
-        if self.defer_latency:
-            self._latency_marker(spec.run_id).write_text(json.dumps(dataclasses.asdict(spec)))
+        """Keep the run's spec beside its files, so the latency pass can rebuild its model as evaluated."""
+        self._spec_file(spec.run_id).write_text(json.dumps(dataclasses.asdict(spec)))
 
     def evaluated_model(self, spec: RunSpec) -> tuple[torch.nn.Module, bool]:
         """A finished run's model as it was evaluated (trained, pruned, int8 or fp16-rounded), from its files, and
@@ -323,23 +336,30 @@ class Study:
         return model, True
 
     def measure_deferred_latency(self) -> int:
-        """Measure, one at a time in this process, the latency of every finished run whose runs trained while
-        other runs shared the machine; returns how many were measured."""
-        measured = 0
-        for row in read_runs(self.runs_csv):
-            marker = self._latency_marker(row["run_id"])
-            if row["status"] != "ok" or row["cpu_ms"] or not marker.is_file():
-                continue
-            spec = RunSpec(**json.loads(marker.read_text()))
-            model, cuda = self.evaluated_model(spec)
-            image = self.image_set("test").images[0].float().div(255)
-            row |= measure_latency(model, image, self.profile["cost"], cuda)
-            upsert_run(self.runs_csv, row)
-            marker.unlink()
-            measured += 1
-        if measured:
-            self.log(f"measured the latency of {measured} runs, one at a time")
-        return measured
+        """Once any finished run lacks its latency: time every finished run whose model can be rebuilt from its files,
+        all together in interleaved rounds (:func:`study.cost.interleaved_latency`), in this process with nothing
+        else running, so that every latency of the table comes from one pass; returns how many were timed."""
+        rows = read_runs(self.runs_csv)
+        if not any(r["status"] == "ok" and not r["cpu_ms"] for r in rows):
+            return 0
+        models, cuda_ok = {}, {}
+        for row in rows:
+            if row["status"] == "ok" and self._spec_file(row["run_id"]).is_file():
+                spec = RunSpec(**json.loads(self._spec_file(row["run_id"]).read_text()))
+                models[row["run_id"]], cuda_ok[row["run_id"]] = self.evaluated_model(spec)
+        cfg, test_images = self.profile["cost"], self.image_set("test").images
+        images = [test_images[i].float().div(255) for i in range(min(cfg["images"], len(test_images)))]
+        timed = interleaved_latency(models, images, cfg, seed=cfg.get("seed", 0))
+        for row in rows:
+            if row["run_id"] in timed:
+                row |= timed[row["run_id"]]
+                if cuda_ok[row["run_id"]] and torch.cuda.is_available():
+                    row["gpu_ms"] = latency_ms(models[row["run_id"]], images[0], torch.device("cuda"),
+                                               cfg["warmup"], cfg["rounds"] * len(images))
+                    models[row["run_id"]].to("cpu")
+                upsert_run(self.runs_csv, row)
+        self.log(f"timed {len(timed)} models in {cfg['rounds']} interleaved rounds of {len(images)} images")
+        return len(timed)
 
     def ensure_teacher(self, detector: str = "faster_rcnn") -> str:
         """Run the profile's teacher of ``detector`` if it has not finished; return its run id."""

@@ -120,7 +120,7 @@ def search(profile: dict, method: str, n_trials: int, out_dir: Path, storage_url
     search_cfg = profile["search"]
     storage = open_storage(storage_url, out_dir, search_cfg["heartbeat_s"], search_cfg["grace_s"])
     name = study_name(profile, detector, method)
-    study = _create_study(storage, name, multi_objective, pruner, profile["teacher_seed"])
+    study = _create_study(storage, name, multi_objective, pruner, profile["teacher_seeds"][0])
     name = study.study_name
     seed = profile["seeds"][0]
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -26,7 +27,10 @@ class TrainingDiverged(RuntimeError):
 
 
 def seed_everything(seed: int) -> torch.Generator:
+    """Seed every global generator a run draws from (Python's, NumPy's, torch's on every device) and return a
+    fresh torch generator with the same seed, for the data order and flips."""
     random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
 
