@@ -304,7 +304,8 @@ def run_bench(profile: dict, out: Path, data_spec: str | None = None, device: st
             model = build_model(spec, classes_n)
             report["eval"].append({"detector": detector, "role": role, "model": spec.backbone}
                                   | bench_eval(model, test_set, classes, study.device))
-            cpu = latency_ms(model, image, torch.device("cpu"), profile["cost"]["warmup"], profile["cost"]["runs"],
+            cpu = latency_ms(model, image, torch.device("cpu"), profile["cost"]["warmup"],
+                             profile["cost"]["rounds"] * profile["cost"]["images"],
                              profile["cost"]["threads"])
             gpu = latency_ms(model, image, torch.device("cuda"), 5, 20) if torch.cuda.is_available() else None
             report["latency_ms"].append({"detector": detector, "role": role, "model": spec.backbone, "cpu_ms": cpu,

@@ -58,7 +58,6 @@ def _worker(conn, profile: dict, out_dir, data_spec: str, device: str, verbose: 
     study = Study(profile, out_dir, data_spec, device, progress=False, log=lambda *_: None)  # no interleaved bars
     study.data()  # its warnings were printed by the parent
     study.log = print if verbose else (lambda *_: None)
-    study.defer_latency = True
     while True:
         job = conn.recv()
         if job is None:

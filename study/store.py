@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 COLUMNS = ["run_id", "profile", "dataset", "detector", "backbone", "method", "hparams", "seed", "params",
-           "adapter_params", "gflops", "proposals_counted", "size_mb", "cpu_ms", "gpu_ms", "map", "map50", "map75",
+           "adapter_params", "gflops", "proposals_counted", "size_mb", "cpu_ms", "cpu_ms_iqr", "gpu_ms", "map", "map50", "map75",
            "map_small", "map_medium", "map_large", "per_class_ap", "val_map", "best_epoch", "train_s", "wall_s",
            "device",
            "status", "error", "details"]

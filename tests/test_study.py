@@ -117,7 +117,10 @@ def test_killed_study_resumes_where_it_stopped(tmp_path):
     ids = [r["run_id"] for r in after]
     assert len(ids) == len(set(ids)) == n_runs
     assert all(r["status"] == "ok" for r in after)
-    assert all({**r} == before[r["run_id"]] for r in after if r["run_id"] in before)  # not recomputed
+    timing = {"cpu_ms", "cpu_ms_iqr", "gpu_ms"}  # filled by the latency pass at the end, over every model at once
+    same = lambda a, b: {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+    assert all(same(r, before[r["run_id"]]) for r in after if r["run_id"] in before)  # not recomputed
+    assert all(float(r["cpu_ms"]) > 0 for r in after)
 
 
 def test_compression_rows_reuse_the_teacher(smoke):
