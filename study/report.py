@@ -13,21 +13,11 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from study.stats import holm, paired_summary, t_quantile
 from study.store import read_runs
 
-# t quantiles t_{0.975, df} for the 95% interval of a mean (df = n - 1); beyond 30, the normal value.
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
-        20: 2.086, 25: 2.060, 30: 2.042}
 COST_COLUMNS = (("params", "Params (M)", 1e-6), ("gflops", "GFLOPs", 1.0), ("size_mb", "Size (MB)", 1.0),
                 ("cpu_ms", "CPU ms", 1.0))
-
-
-def t975(df: int) -> float:
-    if df in T975:
-        return T975[df]
-    smaller = [k for k in T975 if k < df]
-    return T975[max(smaller)] if df <= 30 else 1.960
 
 
 @dataclass
@@ -69,16 +59,54 @@ def group_runs(rows: list[dict]) -> list[Group]:
     return sorted(groups.values(), key=order)
 
 
-def paired_difference(method: Group, baseline: Group, column: str = "map") -> dict:
-    """Mean of (method - baseline) over the seeds both finished, with its 95% t-interval."""
-    m, b = method.by_seed(column), baseline.by_seed(column)
-    diffs = [m[s] - b[s] for s in sorted(set(m) & set(b))]
-    out = {"n": len(diffs), "mean": statistics.fmean(diffs) if diffs else None, "low": None, "high": None}
-    if len(diffs) > 1:
-        half = t975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-        out["low"], out["high"] = out["mean"] - half, out["mean"] + half
-    out["significant"] = out["low"] is not None and (out["low"] > 0 or out["high"] < 0)
+def teacher_seeds_of(rows: list[dict]) -> dict[str, int]:
+    """run id -> the seed of the teacher it was distilled from (rows without a teacher are left out)."""
+    seed_of = {r["run_id"]: int(r["seed"]) for r in rows}
+    out = {}
+    for r in rows:
+        teacher = json.loads(r["hparams"] or "{}").get("teacher_run")
+        if teacher:
+            out[r["run_id"]] = seed_of.get(teacher, teacher_seed_from_id(teacher))
     return out
+
+
+def teacher_seed_from_id(run_id: str) -> int | None:
+    """A run id's seed (``...-s<seed>-<digest>``), for a teacher whose row is in another file."""
+    part = run_id.rsplit("-", 2)[-2]
+    return int(part[1:]) if part.startswith("s") and part[1:].isdigit() else None
+
+
+def paired_difference(method: Group, baseline: Group, column: str = "map", teachers: dict | None = None) -> dict:
+    """Mean of (method − reference) over the (teacher, seed) cells: each of the method's runs is paired with the
+    reference's run of the same student seed, so a difference carries its teacher's and its seed's variance. The
+    95% t-interval and p use n − 1 df; ``by_teacher`` gives the mean difference per teacher seed."""
+    m, b = method.by_seed(column), baseline.by_seed(column)
+    seeds = sorted(set(m) & set(b))
+    out = paired_summary([m[s] - b[s] for s in seeds])
+    out["significant"] = out["low"] is not None and (out["low"] > 0 or out["high"] < 0)
+    run_of = {int(r["seed"]): r["run_id"] for r in method.ok}
+    by_teacher: dict = {}
+    for s in seeds:
+        by_teacher.setdefault((teachers or {}).get(run_of[s]), []).append(m[s] - b[s])
+    out["by_teacher"] = {t: statistics.fmean(v) for t, v in sorted(by_teacher.items(), key=lambda kv: str(kv[0]))
+                         if t is not None}
+    out["seeds"] = seeds
+    return out
+
+
+def adjust_holm(rows: list[dict], key: str, alpha: float = 0.05) -> None:
+    """Holm over the students' comparisons ``row[key]`` of each detector: adds ``p_adj``, the verdict at
+    ``alpha`` after correction and the interval at Holm's step level (``adj_low``/``adj_high``)."""
+    for detector in {r["detector"] for r in rows}:
+        family = {i: r[key]["p"] for i, r in enumerate(rows)
+                  if r["detector"] == detector and r.get(key) and r["role"] == "student"}
+        for i, h in holm(family, alpha).items():
+            p = rows[i][key]
+            half = (p["high"] - p["low"]) / 2 * t_quantile(h["level"], p["n"] - 1) / t_quantile(0.95, p["n"] - 1)
+            p |= {"p_adj": h["p_adj"], "holm_level": h["level"], "adj_low": p["mean"] - half,
+                  "adj_high": p["mean"] + half, "family": len(family)}
+            p["verdict"] = ("not significant" if not h["reject"] else
+                            "significant gain" if p["mean"] > 0 else "significant loss")
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -91,15 +119,43 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def table_rows(groups: list[Group]) -> list[dict]:
-    """One dict per group with the numbers every table format shows."""
+def late_peaks(g: Group, share: float = 0.2) -> int:
+    """How many of the group's runs had their best validation epoch in the last ``share`` of their epochs (a
+    run still improving when it stopped)."""
+    count = 0
+    for r in g.ok:
+        epochs = json.loads(r["hparams"] or "{}").get("role", {}).get("epochs")
+        if epochs and r.get("best_epoch") not in (None, "") and int(r["best_epoch"]) > (1 - share) * epochs:
+            count += 1
+    return count
+
+
+def latency_spread(g: Group) -> float | None:
+    """The group's latency noise: the larger of its runs' mean interquartile range and the range of their medians
+    (runs of one architecture should time the same)."""
+    medians, iqrs = g.values("cpu_ms"), g.values("cpu_ms_iqr")
+    if not medians:
+        return None
+    return max(statistics.fmean(iqrs) if iqrs else 0.0, max(medians) - min(medians))
+
+
+def table_rows(groups: list[Group], all_rows: list[dict] | None = None) -> list[dict]:
+    """One dict per group with the numbers every table format shows; students' rows carry their paired comparison
+    with ``baseline`` (and with ``baseline-long`` where the study has it), Holm-adjusted per detector."""
+    teachers = teacher_seeds_of(all_rows or [r for g in groups for r in g.ok + g.failed])
     # the reference of a row: its backbone's student trained alone, or (for compressed teachers) the teacher
     baselines = {(g.detector, g.backbone): g for g in groups if g.method == "teacher"}
     baselines |= {(g.detector, g.backbone): g for g in groups if g.method == "baseline"}
+    longs = {(g.detector, g.backbone): g for g in groups if g.method == "baseline-long"}
+    teacher_models = {(g.detector, g.backbone) for g in groups if g.method == "teacher"}
     rows = []
     for g in groups:
-        row = {"detector": g.detector, "backbone": g.backbone, "method": g.method, "seeds": len(g.ok),
-               "failed": len(g.failed)}
+        role = ("teacher" if g.method == "teacher" else "compressed" if (g.detector, g.backbone) in teacher_models
+                else "student")
+        row = {"detector": g.detector, "backbone": g.backbone, "method": g.method, "role": role, "seeds": len(g.ok),
+               "failed": len(g.failed), "late_peaks": late_peaks(g), "cpu_ms_spread": latency_spread(g),
+               "val_map": g.mean("val_map"),
+               "teacher_seeds": sorted({teachers[r["run_id"]] for r in g.ok if r["run_id"] in teachers})}
         for col, _, scale in COST_COLUMNS:
             mean = g.mean(col)
             row[col] = None if mean is None else mean * scale
@@ -112,14 +168,30 @@ def table_rows(groups: list[Group]) -> list[dict]:
             row["delta_pct"] = (row["map"] / base.mean("map") - 1) * 100 if base.mean("map") else None
             if len(g.ok) > 1 and len(base.ok) > 1:  # a spread needs at least two seeds on both sides
                 row["exceeds_spread"] = abs(row["map"] - base.mean("map")) > max(g.std("map"), base.std("map"))
-            row["paired"] = paired_difference(g, base)
+            row["paired"] = paired_difference(g, base, teachers=teachers)
+        long = longs.get((g.detector, g.backbone))
+        if long is not None and role == "student" and g.method not in ("baseline", "baseline-long") and g.ok:
+            row["paired_long"] = paired_difference(g, long, teachers=teachers)
         rows.append(row)
+    adjust_holm(rows, "paired")
+    adjust_holm(rows, "paired_long")
     return rows
 
 
 def _best(rows: list[dict], col: str, higher: bool):
-    values = [r[col] for r in rows if r["method"] != "teacher" and r[col] is not None]
-    return (max if higher else min)(values) if values else None
+    """The best value of a column over the non-teacher rows; for latency, only when it beats the next-best row by
+    more than both rows' measured spread (else None: no row is marked)."""
+    ranked = sorted((r for r in rows if r["method"] != "teacher" and r[col] is not None), key=lambda r: r[col],
+                    reverse=higher)
+    if not ranked:
+        return None
+    if col == "cpu_ms":
+        if len(ranked) > 1:
+            first, second = ranked[0], ranked[1]
+            noise = max(first["cpu_ms_spread"] or 0.0, second["cpu_ms_spread"] or 0.0)
+            if second[col] - first[col] <= noise:
+                return None
+    return ranked[0][col]
 
 
 def _fmt(row: dict, col: str, bold: bool, tex: bool) -> str:
@@ -128,6 +200,8 @@ def _fmt(row: dict, col: str, bold: bool, tex: bool) -> str:
         return "–"
     if col in ("map", "map50"):
         s = f"{v:.3f} ± {row[col + '_std']:.3f}" if not tex else f"{v:.3f} $\\pm$ {row[col + '_std']:.3f}"
+    elif col == "cpu_ms" and row.get("cpu_ms_spread") is not None:
+        s = f"{v:.1f} ± {row['cpu_ms_spread']:.1f}" if not tex else f"{v:.1f} $\\pm$ {row['cpu_ms_spread']:.1f}"
     elif col == "params":
         s = f"{v:.2f}"
     else:
@@ -145,7 +219,7 @@ def _delta(row: dict) -> tuple[str, str, str]:
     return f"{row['delta']:+.1f}", pct, spread
 
 
-HEADERS = ["Detector", "Backbone", "Method", "Params (M)", "GFLOPs", "Size (MB)", "CPU ms", "mAP", "AP50",
+HEADERS = ["Detector", "Backbone", "Method", "Params (M)", "GFLOPs", "Size (MB)", "CPU ms ± spread", "mAP", "AP50",
            "Δ mAP (pts)", "Δ mAP (%)", "|Δ| > seed spread", "Seeds", "Failed"]
 NUMERIC = [("params", False), ("gflops", False), ("size_mb", False), ("cpu_ms", False), ("map", True), ("map50", True)]
 
@@ -178,19 +252,77 @@ def latex_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stats_markdown(rows: list[dict]) -> str:
-    lines = ["| Detector | Backbone | Method | Paired seeds | Mean Δ mAP (pts) vs reference | 95% CI (pts) | Verdict |",
-             "|---|---|---|---|---|---|---|"]
+def _ci(low, high) -> str:
+    return "–" if low is None else f"[{low * 100:+.2f}, {high * 100:+.2f}]"
+
+
+def _p(p) -> str:
+    return "–" if p is None else f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def stats_markdown(rows: list[dict], key: str = "paired") -> str:
+    """The paired comparisons ``row[key]`` (against ``baseline``, or ``baseline-long`` for "paired_long"): n cells,
+    mean, 95% CI, raw and Holm-adjusted p, the interval at Holm's step level, and the corrected verdict."""
+    lines = ["| Detector | Backbone | Method | Teacher seeds | Paired cells (n) | Mean Δ mAP (pts) | 95% CI (pts) | p | "
+             "Holm p | Holm-level CI (pts) | Verdict (Holm, α = 0.05) | Mean Δ per teacher (pts) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        p = r.get("paired")
+        p = r.get(key)
         if not p or p["mean"] is None:
             continue
-        ci = "–" if p["low"] is None else f"[{p['low'] * 100:+.2f}, {p['high'] * 100:+.2f}]"
-        verdict = ("too few paired seeds" if p["low"] is None else "significant gain" if p["low"] > 0 else
-                   "significant loss" if p["high"] < 0 else "not significant")
-        lines.append(f"| {r['detector']} | {r['backbone']} | {r['method']} | {p['n']} | {p['mean'] * 100:+.2f} | "
-                     f"{ci} | {verdict} |")
+        verdict = p.get("verdict") or ("too few paired seeds" if p["low"] is None else
+                                       "significant gain" if p["low"] > 0 else "significant loss" if p["high"] < 0
+                                       else "not significant")
+        level = f"{p['holm_level'] * 100:.1f}%: " if "holm_level" in p else ""
+        adj_ci = level + _ci(p.get("adj_low"), p.get("adj_high")) if "adj_low" in p else "–"
+        per_teacher = ", ".join(f"t{t}: {d * 100:+.2f}" for t, d in p.get("by_teacher", {}).items()) or "–"
+        teachers = ", ".join(map(str, r["teacher_seeds"])) or "–"
+        lines.append(f"| {r['detector']} | {r['backbone']} | {r['method']} | {teachers} | {p['n']} | "
+                     f"{p['mean'] * 100:+.2f} | {_ci(p['low'], p['high'])} | {_p(p['p'])} | {_p(p.get('p_adj'))} | "
+                     f"{adj_ci} | {verdict} | {per_teacher} |")
     return "\n".join(lines) + "\n"
+
+
+def convergence_markdown(rows: list[dict]) -> str:
+    """Per trained row: validation mAP and how many runs peaked in the last 20% of their epochs."""
+    lines = ["| Detector | Backbone | Method | Runs | Peaked in the last 20% of epochs | Validation mAP |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["role"] == "compressed" or not r["seeds"]:
+            continue
+        val = "–" if r["val_map"] is None else f"{r['val_map']:.3f}"
+        lines.append(f"| {r['detector']} | {r['backbone']} | {r['method']} | {r['seeds']} | {r['late_peaks']} of "
+                     f"{r['seeds']} | {val} |")
+    return "\n".join(lines) + "\n"
+
+
+def gap_lines(rows: list[dict]) -> list[str]:
+    """Per detector: the teacher's validation mAP against the student trained alone (what there is to distil)."""
+    out = []
+    for detector in dict.fromkeys(r["detector"] for r in rows):
+        teacher = next((r for r in rows if r["detector"] == detector and r["method"] == "teacher"), None)
+        student = next((r for r in rows if r["detector"] == detector and r["method"] == "baseline"), None)
+        if teacher and student and teacher["val_map"] is not None and student["val_map"] is not None:
+            gap = (teacher["val_map"] - student["val_map"]) * 100
+            out.append(f"- {detector}: teacher {teacher['backbone']} {teacher['val_map']:.3f} (mean of "
+                       f"{teacher['seeds']} teacher seeds) vs student {student['backbone']} alone "
+                       f"{student['val_map']:.3f} ({student['seeds']} seeds): gap {gap:+.1f} points on validation")
+    return out
+
+
+def latency_agreement(groups: list[Group]) -> list[str]:
+    """Per architecture (detector, backbone, parameter count) timed more than once: the spread of the medians."""
+    by_arch: dict[tuple, list[float]] = {}
+    for g in groups:
+        for r in g.ok:
+            if r.get("cpu_ms") not in (None, "") and g.method not in ("int8", "fp16"):
+                by_arch.setdefault((g.detector, g.backbone, r["params"]), []).append(float(r["cpu_ms"]))
+    out = []
+    for (detector, backbone, params), values in by_arch.items():
+        if len(values) > 1:
+            out.append(f"- {detector} {backbone} ({int(float(params)) / 1e6:.2f} M params, {len(values)} runs): "
+                       f"{min(values):.2f}-{max(values):.2f} ms, max/min = {max(values) / min(values):.3f}")
+    return out
 
 
 def write_report(runs_csv: Path, out: Path) -> Path:
@@ -201,13 +333,16 @@ def write_report(runs_csv: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     all_rows = read_runs(runs_csv)
     groups = group_runs(all_rows)
-    rows = table_rows(groups)
+    rows = table_rows(groups, all_rows)
     (out / "table.md").write_text(markdown_table(rows))
     (out / "table.tex").write_text(latex_table(rows))
-    (out / "stats.md").write_text(stats_markdown(rows))
+    against_long = stats_markdown(rows, "paired_long") if any(r.get("paired_long") for r in rows) else ""
+    (out / "stats.md").write_text(stats_markdown(rows) + (
+        "\nAgainst `baseline-long`:\n\n" + against_long if against_long else ""))
     with (out / "table.csv").open("w", newline="") as f:
         keys = ["detector", "backbone", "method", "seeds", "failed", "params", "gflops", "size_mb", "cpu_ms", "map",
-                "map_std", "map50", "map50_std", "delta", "delta_pct", "exceeds_spread"]
+                "map_std", "map50", "map50_std", "delta", "delta_pct", "exceeds_spread", "cpu_ms_spread",
+                "late_peaks", "val_map"]
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -217,12 +352,13 @@ def write_report(runs_csv: Path, out: Path) -> Path:
     datasets = sorted({r["dataset"] for r in all_rows})
     devices = sorted({r["device"] for r in all_rows})
     seeds = sorted({int(r["seed"]) for r in all_rows if r["method"] not in ("teacher",)})
+    teacher_seeds = sorted({int(r["seed"]) for r in all_rows if r["method"] == "teacher"})
     total_s = sum(float(r["train_s"] or 0) for r in all_rows)
     hparams = {json.loads(r["hparams"]).get("image_size") for r in all_rows if r["hparams"]}
     import torch, torchvision  # noqa: E401 - versions for the record
     lines = [f"# Report: {', '.join(profiles)} on {', '.join(datasets)}", "",
-             f"- runs: {len(all_rows)} ({len(failed)} failed); seeds for student rows: {seeds}; "
-             f"image size (longer side): {sorted(hparams)}",
+             f"- runs: {len(all_rows)} ({len(failed)} failed); seeds for student rows: {seeds}; teacher seeds: "
+             f"{teacher_seeds}; image size (longer side): {sorted(hparams)}",
              f"- hardware (threads per run): {'; '.join(devices)}; "
              f"software where this report was written: Python {platform.python_version()}, torch {torch.__version__}, "
              f"torchvision {torchvision.__version__}",
@@ -231,10 +367,28 @@ def write_report(runs_csv: Path, out: Path) -> Path:
                f"{e['workers']} at a time x {e['threads_per_run']} thread(s), {e['device']}: "
                f"{float(e['wall_s']) / 60:.1f} min wall" for e in read_runs(runs_csv.parent / "executions.csv")],
              "- mAP is COCO mAP@[.5:.95] on the test split; GFLOPs = 2 × GMACs of one forward pass; CPU ms is the "
-             "median per image at batch 1; Δ is against the same detector and backbone's `baseline` (for a compressed "
+             "median per image at batch 1 over interleaved rounds (every model timed in each round, in a random "
+             "order, over several test images), ± its spread (the larger of the runs' mean interquartile range and "
+             "the range of their medians); a latency is bold only when it beats the next row by more than both "
+             "spreads; Δ is against the same detector and backbone's `baseline` (for a compressed "
              "teacher: against the teacher).", "",
-             "## Main table", "", markdown_table(rows), "## Against baseline (paired over seeds)", "",
-             stats_markdown(rows)]
+             "## Main table", "", markdown_table(rows), "## Against baseline (paired over teacher × seed cells)", "",
+             "Each distilled run of student seed s (with the teacher seed it was paired with) minus `baseline` of "
+             "seed s: the differences span the teacher seeds, so their spread carries the teacher's variance as well "
+             "as the seed's; the interval is Student's t with n − 1 df. Holm's step-down correction runs over the "
+             "student rows of one detector (the family size is the number of rows compared); the verdict is the "
+             "corrected one, and the Holm-level interval is the t-interval at the confidence of that row's step.",
+             "", stats_markdown(rows)]
+    if against_long:
+        lines += ["## Against baseline-long (the student alone, trained longer: the compute control)", "",
+                  "Does distillation beat simply training the student for longer? Same pairing and correction.", "",
+                  against_long]
+    lines += ["## Convergence", "", "Runs whose best validation epoch lies in the last 20% of their epochs were "
+              "probably still improving when they stopped.", "", convergence_markdown(rows)]
+    if gap_lines(rows):
+        lines += ["## Teacher-student gap (validation mAP)", "", *gap_lines(rows), ""]
+    if latency_agreement(groups):
+        lines += ["## Latency of identical architectures", "", *latency_agreement(groups), ""]
     if failed:
         lines += ["## Failed runs", ""] + [f"- `{r['run_id']}`: {r['error']}" for r in failed] + [""]
     compressed = [r for r in all_rows if r["status"] == "ok" and r.get("details")]

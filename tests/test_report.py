@@ -58,13 +58,15 @@ def test_failed_runs_are_counted_not_dropped(runs_csv):
 
 def test_paired_confidence_intervals(runs_csv):
     rows = rows_by_method(runs_csv)
-    hinton = rows["hinton"]["paired"]  # differences 0.03, 0.02, 0.04: mean 0.03, sd 0.01, t(2) = 4.303
-    half = 4.303 * 0.01 / math.sqrt(3)
+    hinton = rows["hinton"]["paired"]  # differences 0.03, 0.02, 0.04: mean 0.03, sd 0.01, t(2) = 4.3026527
+    half = 4.3026527 * 0.01 / math.sqrt(3)
     assert hinton["n"] == 3 and hinton["mean"] == pytest.approx(0.03)
     assert (hinton["low"], hinton["high"]) == (pytest.approx(0.03 - half), pytest.approx(0.03 + half))
-    assert hinton["significant"]
-    at = rows["at"]["paired"]  # seeds 0, 1 only: differences 0.01, -0.02: mean -0.005, sd 0.02121, t(1) = 12.706
-    half = 12.706 * math.sqrt(((0.01 + 0.005) ** 2 + (-0.02 + 0.005) ** 2) / 1) / math.sqrt(2)
+    assert hinton["significant"]  # uncorrected
+    assert hinton["p_adj"] == pytest.approx(2 * (1 - 5.196152 / math.sqrt(2 + 5.196152**2)), rel=1e-5)
+    assert hinton["verdict"] == "not significant"  # after Holm over the two rows
+    at = rows["at"]["paired"]  # seeds 0, 1 only: differences 0.01, -0.02: mean -0.005, sd 0.02121, t(1) = 12.7062047
+    half = 12.7062047 * math.sqrt(((0.01 + 0.005) ** 2 + (-0.02 + 0.005) ** 2) / 1) / math.sqrt(2)
     assert at["n"] == 2 and at["mean"] == pytest.approx(-0.005)
     assert (at["low"], at["high"]) == (pytest.approx(-0.005 - half), pytest.approx(-0.005 + half))
     assert not at["significant"]
@@ -84,8 +86,12 @@ def test_written_tables_figures_and_report(runs_csv, tmp_path):
     assert "+3.0 | +7.1% | yes | 3 | 0 |" in table
     assert "| faster_rcnn | shallow | at |" in table and "| 2 | 1 |" in table
     stats = (out / "stats.md").read_text()
-    assert "| hinton | 3 | +3.00 | [+0.52, +5.48] | significant gain |" in stats
-    assert "| at | 2 | -0.50 |" in stats and "not significant" in stats
+    # hinton: t = 3 / (1 / sqrt 3) = 5.196 on 2 df, p = 1 - t / sqrt(2 + t^2) = 0.0351; at: t = -0.5 / 1.5 on 1 df,
+    # p = 1 - (2 / pi) atan(1/3) = 0.795. Holm over the two: 2 x 0.0351 = 0.070 > 0.05, so hinton's raw 95% CI
+    # excludes 0 but the corrected verdict does not; its step's level is 97.5%: t = sqrt(1.90125 / 0.049375) = 6.205
+    assert ("| hinton | – | 3 | +3.00 | [+0.52, +5.48] | 0.035 | 0.070 | 97.5%: [-0.58, +6.58] | not significant |"
+            in stats)
+    assert "| at | – | 2 | -0.50 | [-19.56, +18.56] | 0.795 | 0.795 | 95.0%: [-19.56, +18.56] | not significant |" in stats
     tex = (out / "table.tex").read_text()
     assert "\\toprule" in tex and "\\textbf{0.450 $\\pm$ 0.026}" in tex
     assert "TrainingDiverged" in report  # failed runs are listed with their reason
