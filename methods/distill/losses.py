@@ -105,3 +105,84 @@ def nst_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor,
     s, t = _nst_normalized(student_feat, teacher_feat)
     k_tt = _poly2_kernel_mean(t, t) if teacher_kernel is None else teacher_kernel
     return k_tt + _poly2_kernel_mean(s, s) - 2 * _poly2_kernel_mean(s, t)
+
+
+# ---------------------------------------------------------------- detection-specific feature distillation
+def _standardise_channels(x: torch.Tensor) -> torch.Tensor:
+    """Each channel of (N, C, H, W) minus its mean over (N, H, W), over its unbiased std over (N, H, W) + 1e-6."""
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=True)
+    return (x - mean) / (std + 1e-6)
+
+
+def pkd_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    """Cao et al. 2022, "PKD: general distillation framework for object detectors via Pearson correlation
+    coefficient".
+
+    s and t have the same shape (N, C, H, W) (the student's map passes its 1x1 adapter first). Each channel of each
+    is standardised over (N, H, W): x̂ = (x − mean) / (std_unbiased + 1e-6); loss = ½ · mean over all elements of
+    (ŝ − t̂)², i.e. 1 − Pearson's r per channel (up to the n/(n−1) of the unbiased std). Scale-free: the loss does
+    not grow with the magnitude of either map.
+    """
+    return 0.5 * (_standardise_channels(student_feat) - _standardise_channels(teacher_feat)).pow(2).mean()
+
+
+def cwd_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """Shu et al. 2021, "Channel-wise knowledge distillation for dense prediction".
+
+    s and t have the same shape (N, C, H, W). For every (n, c) the H·W map becomes a distribution softmax(x / tau);
+    loss = tau² · Σ_{n,c} KL(p_t ‖ p_s) / (N · C), with KL(p ‖ q) = Σ_hw p log(p / q).
+    """
+    n, c = student_feat.shape[:2]
+    log_p_s = F.log_softmax(student_feat.flatten(2) / tau, dim=2)
+    log_p_t = F.log_softmax(teacher_feat.flatten(2) / tau, dim=2)
+    return tau * tau * (log_p_t.exp() * (log_p_t - log_p_s)).sum() / (n * c)
+
+
+def fgfi_loss(student_feat: torch.Tensor, teacher_feat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Wang et al. 2019, "Distilling object detectors with fine-grained feature imitation".
+
+    s (adapted) and t are (N, C, H, W), mask (N, H, W) of 0/1 marks the near-object locations (:func:`fgfi_mask`);
+    loss = Σ_{n,c,h,w} M[n,h,w] · (s − t)² / (2 · Σ_{n,h,w} M), and 0 when the mask is empty.
+    """
+    mask = mask.to(student_feat.dtype)
+    total = mask.sum()
+    if total == 0:
+        return student_feat.sum() * 0.0  # keeps the graph (and the device) of the student's map
+    return (mask.unsqueeze(1) * (student_feat - teacher_feat).pow(2)).sum() / (2 * total)
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of every box of a (A, 4) with every box of b (B, 4), xyxy: (A, B)."""
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(2)
+    area_a = (a[:, 2:] - a[:, :2]).prod(1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(1)
+    return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-9)
+
+
+def fgfi_mask(anchors: torch.Tensor, boxes: torch.Tensor, psi: float = 0.5) -> torch.Tensor:
+    """FGFI's imitation region of one image at one level: anchors (H, W, A, 4) xyxy in input pixels (A anchors per
+    location), ground-truth boxes (K, 4). For each box, the anchors whose IoU with it exceeds ψ · (that box's best
+    anchor IoU) are kept; a location is in the mask if any of its anchors is. Returns (H, W) of 0/1."""
+    h, w, a, _ = anchors.shape
+    if len(boxes) == 0:
+        return torch.zeros(h, w, device=anchors.device)
+    iou = box_iou(anchors.reshape(-1, 4), boxes)  # (H·W·A, K)
+    best = iou.max(dim=0).values  # per box
+    keep = (iou > psi * best[None, :]) & (best[None, :] > 0)
+    return keep.any(dim=1).reshape(h, w, a).any(dim=2).float()
+
+
+def ld_loss(student_bins: torch.Tensor, teacher_bins: torch.Tensor, tau: float = 10.0) -> torch.Tensor:
+    """Zheng et al. 2022, "Localization distillation for dense object detection", on box edges predicted as
+    distributions over bins (YOLOv8's DFL head, GFL).
+
+    student_bins, teacher_bins: (E, B) logits, one row per box edge of the positive locations (4 per location);
+    loss = tau² · mean over the E edges of KL(softmax(t / tau) ‖ softmax(s / tau)).
+    """
+    if student_bins.shape[0] == 0:
+        return student_bins.sum() * 0.0
+    return F.kl_div(F.log_softmax(student_bins / tau, dim=1), F.softmax(teacher_bins / tau, dim=1),
+                    reduction="batchmean") * tau * tau
