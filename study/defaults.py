@@ -58,6 +58,14 @@ DEFAULTS: dict = {
         "fitnets": {"weight": 100.0, "taps": ["c3", "c4", "c5"]},
         "at": {"weight": 1000.0, "p": 2, "taps": ["c3", "c4", "c5"]},
         "nst": {"weight": 50.0, "taps": ["c3", "c4", "c5"]},
+        # detection feature distillation on the FPN / neck maps the heads read. ``weight`` is the reference
+        # config's; with ``balance: r`` the weight is instead measured over the first ``balance_steps`` (20) steps
+        # so that the method's terms are r x the detector's own loss (methods.distill.distiller.Distiller), and its
+        # gradient is clipped apart from the detector's (study.train.backward_clipped_apart)
+        "pkd": {"weight": 6.0, "taps": ["p3", "p4", "p5"], "balance": 0.5},
+        "cwd": {"weight": 10.0, "tau": 1.0, "taps": ["p3", "p4", "p5"], "balance": 0.5},
+        "fgfi": {"weight": 0.01, "psi": 0.5, "taps": ["p3", "p4", "p5"], "balance": 0.5},
+        "ld": {"weight": 0.25, "temperature": 10.0, "balance": 0.5},  # YOLO's DFL head only
     },
     # compression baselines applied to the trained teacher (rows next to the distilled students)
     "compress": [],

@@ -10,6 +10,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import math
 import platform
 import time
 import traceback
@@ -226,7 +227,8 @@ class Study:
         model = model if model is not None else self.build(spec)
         distiller = None
         if teacher is not None:
-            distiller = Distiller(model, teacher, spec.hparams["distill"])
+            steps = math.ceil(len(train_set) / (train_cfg or spec.hparams["train"])["batch_size"])
+            distiller = Distiller(model, teacher, spec.hparams["distill"], steps_per_epoch=steps)
             wrapped, loss_fn = distiller, distiller
         else:
             wrapped, loss_fn = model, (lambda images, targets, keys: model(images, targets))
@@ -237,6 +239,8 @@ class Study:
         finally:
             if distiller is not None:
                 distiller.remove_hooks()
+        if distiller is not None:
+            result["resolved_weights"] = distiller.resolved_weights()
         return model, (distiller.adapter_params() if distiller else 0), result
 
     def execute(self, spec: RunSpec) -> dict:
@@ -247,8 +251,12 @@ class Study:
         metrics = evaluate(model, test_set, self.data().class_names, self.device)
         costs = measure(model, test_set.images[0].float().div(255), self.out_dir / "runs" / spec.run_id / "best.pt")
         self._keep_for_latency(spec)
-        return costs | metrics | {"adapter_params": adapter_params, "val_map": result["best_val_map"],
-                                  "best_epoch": result["best_epoch"], "train_s": result["train_s"]}
+        out = costs | metrics | {"adapter_params": adapter_params, "val_map": result["best_val_map"],
+                                 "best_epoch": result["best_epoch"], "train_s": result["train_s"]}
+        if "resolved_weights" in result:  # the weights it trained with (a balanced term's is measured)
+            out["hparams"] = json.dumps(spec.hparams | {"resolved_weights": result["resolved_weights"]},
+                                        sort_keys=True)
+        return out
 
     def execute_compression(self, spec: RunSpec) -> dict:
         """Prune (and fine-tune, plainly or distilled from the unpruned model), quantize, or halve the weights of
@@ -398,10 +406,13 @@ class Study:
         """Run ``specs`` (default: the profile's plan, with ``tuned`` hyperparameters where given)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         specs = specs if specs is not None else plan_runs(self.profile, self.data().name, tuned)
-        # finished: failed, or ok with its checkpoint here (a fresh clone has the committed runs.csv but no
-        # checkpoints, so it reruns the study rather than trusting rows it cannot build on)
+        # finished: failed, or ok and either its checkpoint is here or no run of the plan reads it (a fresh clone
+        # has the committed runs.csv but no checkpoints: it retrains the teachers the remaining runs read, and
+        # keeps the committed leaf rows, so a study longer than a sitting resumes in the next one)
+        read = {r for spec in specs for r in (spec.hparams.get("teacher_run"), spec.hparams.get("source_run")) if r}
         done = {r["run_id"] for r in read_runs(self.runs_csv) if r["status"] == "failed" or
-                (r["status"] == "ok" and (self.out_dir / "runs" / r["run_id"] / "best.pt").is_file())}
+                (r["status"] == "ok" and (r["run_id"] not in read or
+                                          (self.out_dir / "runs" / r["run_id"] / "best.pt").is_file()))}
         self.log(f"study '{self.profile['name']}' on {self.data_spec}: {len(specs)} runs, "
                  f"{len(done & {s.run_id for s in specs})} already finished, device {self.device}")
         todo = [(f"[{n}/{len(specs)}]", spec) for n, spec in enumerate(specs, 1) if spec.run_id not in done]

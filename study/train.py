@@ -35,6 +35,29 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def backward_clipped_apart(params: list[torch.nn.Parameter], losses: dict, max_norm: float) -> None:
+    """Set ``.grad`` to g_own · min(1, c/‖g_own‖) + g_kd · min(1, c/‖g_kd‖), c = ``max_norm``: the gradients of the
+    detector's own terms and of the distillation terms (``kd_*``) are clipped each on its own and then summed, so a
+    large distillation term cannot shrink the detector's own gradient (as clipping their sum would)."""
+    params = [p for p in params if p.requires_grad]
+    own = sum(v for k, v in losses.items() if not k.startswith("kd_"))
+    kd = [v for k, v in losses.items() if k.startswith("kd_") and v.requires_grad]
+    parts = [torch.autograd.grad(own, params, retain_graph=bool(kd), allow_unused=True)]
+    if kd:
+        parts.append(torch.autograd.grad(sum(kd), params, allow_unused=True))
+    for p in params:
+        p.grad = None
+    for grads in parts:
+        present = [g for g in grads if g is not None]
+        if not present:
+            continue
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in present]))
+        factor = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        for p, g in zip(params, grads):
+            if g is not None:
+                p.grad = g * factor if p.grad is None else p.grad + g * factor
+
+
 def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
     """SGD or AdamW over the trainable parameters; with ``no_decay_norm_bias`` (ultralytics' and timm's recipe),
     weight decay applies to conv/linear weights only: three groups, weights / norm weights / biases (the last one
@@ -150,9 +173,12 @@ def train(model: torch.nn.Module, loss_fn: Callable, student: torch.nn.Module, t
                     group["momentum"] = momentum_warmup + (cfg["momentum"] - momentum_warmup) * global_step / warmup
             global_step += 1
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg["clip_grad_norm"]:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip_grad_norm"])
+            if cfg["clip_grad_norm"] and getattr(model, "clip_apart", False):
+                backward_clipped_apart(list(model.parameters()), losses, cfg["clip_grad_norm"])
+            else:
+                loss.backward()
+                if cfg["clip_grad_norm"]:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip_grad_norm"])
             optimizer.step()
             scheduler.step()
             if ema is not None:

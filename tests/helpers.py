@@ -5,7 +5,9 @@ import torch
 
 # single-stage families: YOLO has neck taps only (p3-p5)
 DENSE_HP = {"hinton": {"weight": 1.0, "temperature": 4.0}, "fitnets": {"weight": 100.0, "taps": ["p3", "p5"]},
-            "at": {"weight": 1000.0, "p": 2, "taps": ["p3", "p4"]}, "nst": {"weight": 50.0, "taps": ["p4"]}}
+            "at": {"weight": 1000.0, "p": 2, "taps": ["p3", "p4"]}, "nst": {"weight": 50.0, "taps": ["p4"]},
+            "pkd": {"weight": 6.0, "taps": ["p3", "p4"]}, "cwd": {"weight": 10.0, "tau": 1.0, "taps": ["p5"]},
+            "fgfi": {"weight": 1.0, "psi": 0.5, "taps": ["p3"]}, "ld": {"weight": 0.25, "temperature": 10.0}}
 
 
 def batch():

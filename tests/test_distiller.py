@@ -13,7 +13,9 @@ from study.cost import count_params
 from helpers import DENSE_HP, batch
 
 HP = {"hinton": {"weight": 1.0, "temperature": 4.0}, "fitnets": {"weight": 100.0, "taps": ["c4", "p3"]},
-      "at": {"weight": 1000.0, "p": 2, "taps": ["c3", "c5"]}, "nst": {"weight": 50.0, "taps": ["c3", "p4"]}}
+      "at": {"weight": 1000.0, "p": 2, "taps": ["c3", "c5"]}, "nst": {"weight": 50.0, "taps": ["c3", "p4"]},
+      "pkd": {"weight": 6.0, "taps": ["p3", "p4"]}, "cwd": {"weight": 10.0, "tau": 1.0, "taps": ["c5", "p5"]},
+      "fgfi": {"weight": 1.0, "psi": 0.5, "taps": ["c3", "p3"]}, "ld": {"weight": 0.25, "temperature": 10.0}}
 SMALL = dict(rpn_pre_nms_train=50, rpn_post_nms_train=20, rpn_pre_nms_test=20, rpn_post_nms_test=10,
              box_batch_per_image=16)
 
@@ -30,11 +32,16 @@ def pair(family="faster_rcnn"):
 
 
 @pytest.mark.parametrize("family", ["faster_rcnn", "yolo", "fcos"])
-@pytest.mark.parametrize("method", ["hinton", "fitnets", "at", "nst", "hinton+at", "fitnets+nst"])
+@pytest.mark.parametrize("method", ["hinton", "fitnets", "at", "nst", "hinton+at", "fitnets+nst", "pkd", "cwd", "fgfi",
+                                    "fgfi+pkd", "ld"])
 def test_one_distillation_step(family, method):
     student, teacher = pair(family)
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     methods = {m: (HP if family == "faster_rcnn" else DENSE_HP)[m] for m in parse_method(method)}
+    if method == "ld" and family != "yolo":  # box-edge distributions exist in YOLO's head only
+        with pytest.raises(ValueError, match="ld needs a head that predicts box-edge distributions"):
+            Distiller(student, TeacherCache(teacher), methods)
+        return
     distiller = Distiller(student, TeacherCache(teacher), methods)
     distiller.train()
     assert not teacher.training  # the teacher stays in eval mode
@@ -42,9 +49,9 @@ def test_one_distillation_step(family, method):
     images, targets = batch()
     losses = distiller(images, targets, keys=[(0, 0), (1, 0)])
     kd_terms = {k for k in losses if k.startswith("kd_")}
-    expected = {"kd_hinton"} if "hinton" in methods else set()
+    expected = {f"kd_{m}" for m in methods if m in ("hinton", "ld")}
     for m, hp in methods.items():
-        if m != "hinton":
+        if m not in ("hinton", "ld"):
             expected |= {f"kd_{m}_{tap}" for tap in hp["taps"]}
     assert kd_terms == expected
     assert all(torch.isfinite(v) and v >= 0 for v in losses.values())
@@ -110,3 +117,37 @@ def test_cache_budget_is_respected():
 def test_unknown_method_is_named():
     with pytest.raises(ValueError, match="unknown distillation method 'hinton\\+crd'"):
         parse_method("hinton+crd")
+
+
+def test_balance_measures_the_ratio_then_fixes_the_weight():
+    student, teacher = pair()
+    methods = {"pkd": dict(HP["pkd"], balance=0.5, balance_steps=2), "at": HP["at"]}
+    distiller = Distiller(student, TeacherCache(teacher), methods)
+    distiller.train()
+    assert distiller.clip_apart  # balanced terms are clipped apart from the detector's loss
+    images, targets = batch()
+    own, raw = [], []
+    for _ in range(2):  # the measurement window: pkd computed, weighted 0; at keeps its raw weight
+        losses = distiller(images, targets)
+        own.append(float(sum(v for k, v in losses.items() if not k.startswith("kd_"))))
+        raw.append(sum(distiller.last_raw["pkd"].values()))
+        assert all(float(losses[k]) == 0.0 for k in losses if k.startswith("kd_pkd"))
+        assert float(losses["kd_at_c3"]) == pytest.approx(1000.0 * distiller.last_raw["at"]["kd_at_c3"])
+    weight = distiller.resolved_weights()["pkd"]
+    assert weight == pytest.approx(0.5 * (sum(own) / 2) / (sum(raw) / 2), rel=1e-5)
+    assert distiller.resolved_weights()["at"] == 1000.0
+    losses = distiller(images, targets)  # from now on: the fixed weight
+    for tap in HP["pkd"]["taps"]:
+        assert float(losses[f"kd_pkd_{tap}"]) == pytest.approx(weight * distiller.last_raw["pkd"][f"kd_pkd_{tap}"],
+                                                               rel=1e-5)
+
+
+def test_warmup_ramps_the_weight_linearly():
+    student, teacher = pair()
+    distiller = Distiller(student, TeacherCache(teacher), {"at": dict(HP["at"], warmup_epochs=1)}, steps_per_epoch=4)
+    distiller.train()
+    images, targets = batch()
+    for step in range(1, 6):  # weight x step / 4, then x 1
+        losses = distiller(images, targets)
+        factor = min(1.0, step / 4)
+        assert float(losses["kd_at_c3"]) == pytest.approx(1000.0 * factor * distiller.last_raw["at"]["kd_at_c3"])

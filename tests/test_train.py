@@ -70,3 +70,18 @@ def test_warmup_then_cosine():
     assert warmup_cosine(10, 100, 10) == pytest.approx(1.0)
     assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)
     assert warmup_cosine(100, 100, 10) == pytest.approx(0.0)
+
+
+def test_clipping_apart_keeps_the_detectors_own_gradient():
+    from study.train import backward_clipped_apart
+    # own loss a·p (gradient a, norm 5 < c = 10), distillation term 1000 b·p (gradient 1000 b, norm 1000), a ⊥ b
+    a, b = torch.tensor([3.0, 4.0, 0.0]), torch.tensor([0.0, 0.0, 1.0])
+    p = torch.nn.Parameter(torch.zeros(3))
+    backward_clipped_apart([p], {"loss": (a * p).sum(), "kd_x": 1000 * (b * p).sum()}, 10.0)
+    assert torch.allclose(p.grad, torch.tensor([3.0, 4.0, 10.0]), atol=1e-4)  # a kept whole, 1000 b clipped to 10
+    # clipping the sum instead (what training did before): the own part shrinks to 10 / |(3, 4, 1000)|
+    p.grad = None
+    ((a * p).sum() + 1000 * (b * p).sum()).backward()
+    torch.nn.utils.clip_grad_norm_([p], 10.0)
+    shrink = 10.0 / float(torch.linalg.vector_norm(torch.tensor([3.0, 4.0, 1000.0])))
+    assert torch.allclose(p.grad[:2], a[:2] * shrink, atol=1e-5) and p.grad[0] < 0.05
