@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device", help="cpu, cuda, ...")
     bench.add_argument("--out", default="results/bench", help="output folder")
     bench.add_argument("--train-images", type=int, help="training images per measurement (default 96)")
+    replicate = sub.add_parser("replicate", help="compare a study with its rerun on disjoint seeds: REPLICATION.md")
+    replicate.add_argument("--original", default="results/default", help="the original study's folder")
+    replicate.add_argument("--replicate", default="results/replication", help="the rerun's folder")
+    replicate.add_argument("--out", help="output file (default: ORIGINAL/REPLICATION.md)")
     report = sub.add_parser("report", help="write tables from a runs.csv")
     report.add_argument("--runs", required=True, help="a runs.csv")
     report.add_argument("--out", required=True, help="output folder")
@@ -88,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
                                  args.data, args.device)
             print(f"harness mAP {r['harness']['map_mean']:.3f}, ultralytics mAP {r['ultralytics']['map_mean']:.3f} "
                   f"({r['difference_points_mean']:+.2f} points); wrote {Path(args.out) / 'parity.md'}")
+        elif args.command == "replicate":
+            from study.replicate import write_replication
+            out = Path(args.out) if args.out else Path(args.original) / "REPLICATION.md"
+            command = ("python -m study run --profile replication --out " + args.replicate +
+                       f" && python -m study replicate --original {args.original} --replicate {args.replicate}")
+            print(f"wrote {write_replication(Path(args.original), Path(args.replicate), out, command)}")
         else:
             print(f"wrote {write_report(Path(args.runs), Path(args.out))}")
     except (DataError, FileNotFoundError, ValueError) as exc:

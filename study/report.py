@@ -66,13 +66,14 @@ def teacher_seeds_of(rows: list[dict]) -> dict[str, int]:
     for r in rows:
         teacher = json.loads(r["hparams"] or "{}").get("teacher_run")
         if teacher:
-            out[r["run_id"]] = seed_of.get(teacher, teacher_seed_from_id(teacher))
+            out[r["run_id"]] = seed_of[teacher] if teacher in seed_of else teacher_seed_from_id(teacher)
     return out
 
 
 def teacher_seed_from_id(run_id: str) -> int | None:
     """A run id's seed (``...-s<seed>-<digest>``), for a teacher whose row is in another file."""
-    part = run_id.rsplit("-", 2)[-2]
+    parts = run_id.rsplit("-", 2)
+    part = parts[-2] if len(parts) == 3 else ""
     return int(part[1:]) if part.startswith("s") and part[1:].isdigit() else None
 
 
@@ -155,7 +156,7 @@ def table_rows(groups: list[Group], all_rows: list[dict] | None = None) -> list[
         row = {"detector": g.detector, "backbone": g.backbone, "method": g.method, "role": role, "seeds": len(g.ok),
                "failed": len(g.failed), "late_peaks": late_peaks(g), "cpu_ms_spread": latency_spread(g),
                "val_map": g.mean("val_map"),
-               "teacher_seeds": sorted({teachers[r["run_id"]] for r in g.ok if r["run_id"] in teachers})}
+               "teacher_seeds": sorted({teachers[r["run_id"]] for r in g.ok if teachers.get(r["run_id"]) is not None})}
         for col, _, scale in COST_COLUMNS:
             mean = g.mean(col)
             row[col] = None if mean is None else mean * scale

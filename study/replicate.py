@@ -1,0 +1,91 @@
+"""A replication of a study: the same rows rerun with disjoint seeds (and teacher seeds), compared row by row.
+
+For every row of the original: its mean test mAP with the 95% t-interval of that mean, the replicate's mean, and
+whether the replicate lies inside the interval; for every compared row, the Holm-corrected verdict against
+``baseline`` in both studies, and whether it flipped between a significant gain and a significant loss (which
+would mean the design cannot be trusted yet).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+from study.report import group_runs, table_rows
+from study.stats import t_quantile
+from study.store import read_runs
+
+OPPOSITE = {"significant gain": "significant loss", "significant loss": "significant gain"}
+
+
+def mean_interval(values: list[float]) -> tuple[float, float | None, float | None]:
+    """Mean and 95% t-interval of the mean (None without two values)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None, None
+    half = t_quantile(0.95, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def compare(original: list[dict], replicate: list[dict]) -> list[dict]:
+    """One dict per row of the original that the replicate also has (teachers and students alike)."""
+    seen_seeds = {(r["detector"], r["method"], r["seed"]) for r in original}
+    overlap = [r["run_id"] for r in replicate if (r["detector"], r["method"], r["seed"]) in seen_seeds]
+    if overlap:
+        raise ValueError(f"the replicate reuses seeds of the original (first: {overlap[0]}); use disjoint seeds")
+    groups_o, groups_r = group_runs(original), group_runs(replicate)
+    rows_o = {(r["detector"], r["backbone"], r["method"]): r for r in table_rows(groups_o, original)}
+    rows_r = {(r["detector"], r["backbone"], r["method"]): r for r in table_rows(groups_r, replicate)}
+    out = []
+    for g in groups_o:
+        key = (g.detector, g.backbone, g.method)
+        rep = next((h for h in groups_r if (h.detector, h.backbone, h.method) == key), None)
+        if rep is None or not g.ok or not rep.ok:
+            continue
+        mean, low, high = mean_interval(g.values("map"))
+        rep_mean = rep.mean("map")
+        verdict_o = (rows_o[key].get("paired") or {}).get("verdict")
+        verdict_r = (rows_r[key].get("paired") or {}).get("verdict")
+        out.append({"detector": g.detector, "backbone": g.backbone, "method": g.method, "n": len(g.ok),
+                    "n_rep": len(rep.ok), "mean": mean, "low": low, "high": high, "rep_mean": rep_mean,
+                    "inside": None if low is None else low <= rep_mean <= high,
+                    "delta": rows_o[key]["delta"], "rep_delta": rows_r[key]["delta"],
+                    "verdict": verdict_o, "rep_verdict": verdict_r,
+                    "flipped": verdict_o is not None and OPPOSITE.get(verdict_o) == verdict_r})
+    return out
+
+
+def write_replication(original_dir: Path, replicate_dir: Path, out: Path, command: str) -> Path:
+    """Write the comparison as markdown to ``out`` and return its path."""
+    original = read_runs(Path(original_dir) / "runs.csv")
+    replicate = read_runs(Path(replicate_dir) / "runs.csv")
+    for path, rows in ((original_dir, original), (replicate_dir, replicate)):
+        if not rows:
+            raise FileNotFoundError(f"{Path(path) / 'runs.csv'}: no runs (run the study first)")
+    rows = compare(original, replicate)
+    seeds = lambda rs, teacher: sorted({int(r["seed"]) for r in rs if (r["method"] == "teacher") == teacher})
+    inside = [r for r in rows if r["inside"] is not None]
+    flips = [r for r in rows if r["flipped"]]
+    fmt = lambda v: "–" if v is None else f"{v:+.1f}"
+    lines = ["# Replication of the default study", "",
+             f"Command: `{command}`", "",
+             f"- original: {Path(original_dir)} (student seeds {seeds(original, False)}, teacher seeds "
+             f"{seeds(original, True)}); replicate: {Path(replicate_dir)} (student seeds {seeds(replicate, False)}, "
+             f"teacher seeds {seeds(replicate, True)}): no seed shared",
+             f"- replicate mean inside the original's 95% interval of the mean: {sum(r['inside'] for r in inside)} of "
+             f"{len(inside)} rows",
+             f"- verdicts (Holm-corrected, against `baseline`) flipped between significant gain and significant loss: "
+             f"{len(flips)}" + ("" if not flips else " (" + ", ".join(f"{r['detector']} {r['method']}"
+                                                                    for r in flips) + ")"), "",
+             "| Detector | Backbone | Method | Original mAP (n) | 95% CI of the mean | Replicate mAP (n) | Inside | "
+             "Original Δ (pts), verdict | Replicate Δ (pts), verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ci = "–" if r["low"] is None else f"[{r['low']:.3f}, {r['high']:.3f}]"
+        inside_text = "–" if r["inside"] is None else "yes" if r["inside"] else "**no**"
+        lines.append(f"| {r['detector']} | {r['backbone']} | {r['method']} | {r['mean']:.3f} ({r['n']}) | {ci} | "
+                     f"{r['rep_mean']:.3f} ({r['n_rep']}) | {inside_text} | {fmt(r['delta'])}, "
+                     f"{r['verdict'] or '–'} | {fmt(r['rep_delta'])}, {r['rep_verdict'] or '–'} |")
+    out = Path(out)
+    out.write_text("\n".join(lines) + "\n")
+    return out

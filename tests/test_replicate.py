@@ -1,0 +1,59 @@
+"""REPLICATION.md from two hand-written runs.csv files: interval membership and verdict flips worked out by hand."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from study.__main__ import main
+from study.replicate import compare, mean_interval
+from study.store import read_runs, upsert_run
+
+
+def write_study(folder, maps: dict, seeds: list[int], teacher_seeds: list[int]):
+    folder.mkdir()
+    for seed in teacher_seeds:
+        upsert_run(folder / "runs.csv", {"run_id": f"t{seed}", "detector": "faster_rcnn", "backbone": "resnet50",
+                                         "method": "teacher", "seed": seed, "hparams": "{}", "status": "ok",
+                                         "map": 0.5, "profile": "hand", "dataset": "toy", "device": "cpu"})
+    for method, values in maps.items():
+        for i, (seed, m) in enumerate(zip(seeds, values)):
+            hp = {} if method == "baseline" else {"teacher_run": f"t{teacher_seeds[i % len(teacher_seeds)]}"}
+            upsert_run(folder / "runs.csv", {"run_id": f"{method}-{seed}", "detector": "faster_rcnn",
+                                             "backbone": "shallow", "method": method, "seed": seed,
+                                             "hparams": json.dumps(hp), "status": "ok", "map": m,
+                                             "profile": "hand", "dataset": "toy", "device": "cpu"})
+    return folder
+
+
+@pytest.fixture
+def studies(tmp_path):
+    original = write_study(tmp_path / "orig", {"baseline": [0.40, 0.41, 0.42], "hinton": [0.45, 0.46, 0.47],
+                                               "at": [0.38, 0.39, 0.40]}, [0, 1, 2], [0, 1])
+    replicate = write_study(tmp_path / "rep", {"baseline": [0.41, 0.41, 0.41], "hinton": [0.37, 0.38, 0.39],
+                                               "at": [0.385, 0.395, 0.39]}, [5, 6, 7], [2, 3])
+    return original, replicate
+
+
+def test_interval_membership_and_flips_by_hand(studies):
+    original, replicate = studies
+    rows = {r["method"]: r for r in compare(read_runs(original / "runs.csv"), read_runs(replicate / "runs.csv"))}
+    # baseline 0.40, 0.41, 0.42: mean 0.41, sd 0.01, 95% CI 0.41 +- 4.3027 x 0.01 / sqrt 3 = [0.3852, 0.4348]
+    mean, low, high = mean_interval([0.40, 0.41, 0.42])
+    assert (mean, low, high) == (pytest.approx(0.41), pytest.approx(0.385159, abs=1e-5), pytest.approx(0.434841, abs=1e-5))
+    assert rows["baseline"]["inside"] and rows["at"]["inside"]  # 0.41 and 0.39 in [0.3652, 0.4148]
+    assert not rows["hinton"]["inside"]  # 0.38 outside [0.4352, 0.4848]
+    # hinton vs baseline: +5 points every seed in the original (a gain), -3 points every seed in the replicate
+    assert rows["hinton"]["verdict"] == "significant gain" and rows["hinton"]["rep_verdict"] == "significant loss"
+    assert rows["hinton"]["flipped"] and not rows["at"]["flipped"]
+    assert rows["teacher"]["inside"]  # two teacher seeds at 0.5 each side: a zero-width interval holding 0.5
+
+
+def test_cli_writes_replication_md_and_refuses_shared_seeds(studies, tmp_path):
+    original, replicate = studies
+    assert main(["replicate", "--original", str(original), "--replicate", str(replicate)]) == 0
+    text = (original / "REPLICATION.md").read_text()
+    assert "python -m study run --profile replication" in text
+    assert "| faster_rcnn | shallow | hinton | 0.460 (3) | [0.435, 0.485] | 0.380 (3) | **no** |" in text
+    assert "flipped between significant gain and significant loss: 1 (faster_rcnn hinton)" in text
+    assert main(["replicate", "--original", str(original), "--replicate", str(original)]) == 2  # same seeds
