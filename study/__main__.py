@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device", help="cpu, cuda, ...")
     bench.add_argument("--out", default="results/bench", help="output folder")
     bench.add_argument("--train-images", type=int, help="training images per measurement (default 96)")
+    rival = sub.add_parser("rival", help="ultralytics' own trainer, plain and with distill_model=, as rows of a study")
+    rival.add_argument("--profile", default="yolo", help="profile whose YOLO teacher, student, seeds are used")
+    rival.add_argument("--data", help="dataset spec")
+    rival.add_argument("--device", help="cpu, cuda, ...")
+    rival.add_argument("--out", help="results folder (default: results/<profile>)")
     replicate = sub.add_parser("replicate", help="compare a study with its rerun on disjoint seeds: REPLICATION.md")
     replicate.add_argument("--original", default="results/default", help="the original study's folder")
     replicate.add_argument("--replicate", default="results/replication", help="the rerun's folder")
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from study.report import write_report
     try:
-        if args.command in ("run", "search", "parity", "bench"):
+        if args.command in ("run", "search", "parity", "bench", "rival"):
             from study.defaults import PROJECT_ROOT, load_profile
             profile = load_profile(args.profile)
             out = Path(args.out) if args.out else PROJECT_ROOT / "results" / profile["name"]
@@ -92,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
                                  args.data, args.device)
             print(f"harness mAP {r['harness']['map_mean']:.3f}, ultralytics mAP {r['ultralytics']['map_mean']:.3f} "
                   f"({r['difference_points_mean']:+.2f} points); wrote {Path(args.out) / 'parity.md'}")
+        elif args.command == "rival":
+            from study.rival import run_rival
+            from study.runner import Study
+            runs_csv = run_rival(Study(profile, out, args.data, args.device, progress=False))
+            print(f"wrote {runs_csv} and {write_report(runs_csv, out)}")
         elif args.command == "replicate":
             from study.replicate import write_replication
             out = Path(args.out) if args.out else Path(args.original) / "REPLICATION.md"

@@ -13,6 +13,7 @@ instead for the duration of the call.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import statistics
@@ -20,8 +21,9 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
-from detectors.yolo import YOLO_DEFAULTS, YOLO_MODELS, YOLODetector, configure_ultralytics
+from detectors.yolo import YOLO_DEFAULTS, YOLO_MODELS, YOLODetector, configure_ultralytics, yolo_model_dict
 from study.data import DetectionData
 
 # ultralytics' settings that make its trainer do what the harness's YOLO recipe does
@@ -77,39 +79,62 @@ def write_yolo_view(data: DetectionData, out: Path) -> Path:
     return yaml_path
 
 
+def model_yaml(model: str, out: Path) -> str:
+    """What ultralytics' ``YOLO(...)`` is built from for one of :data:`YOLO_MODELS`: its own YAML name for a named
+    scale; for a custom width (``yolov8t``, ``yolov8p``) a YAML file written under ``out`` whose only scale is
+    that width (its name carries no scale letter, so ultralytics takes the one scale it lists)."""
+    yaml_name, scale = YOLO_MODELS[model]
+    if not isinstance(scale, list):
+        return yaml_name.replace(".yaml", f"{scale}.yaml")
+    cfg = {k: v for k, v in yolo_model_dict(model).items() if k not in ("scale", "yaml_file")}
+    path = Path(out) / f"{model.replace('yolov8', 'yolov8-')}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return str(path)
+
+
+def write_ultralytics_checkpoint(detector: YOLODetector, path: Path) -> Path:
+    """A harness-trained YOLO as an ultralytics checkpoint (what ``distill_model=`` loads): ``{"model": ...}``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = copy.deepcopy(detector.model).float().eval()
+    model.args = {}
+    torch.save({"model": model, "train_args": {}}, path)
+    return path
+
+
 def ultralytics_train(data: DetectionData, model: str, image_size: int, epochs: int, seed: int, batch_size: int,
-                      out: Path, workers: int = 2, validate: bool = True, device: str = "cpu") -> dict:
-    """Train YOLO ``model`` with ultralytics' own trainer; return its timing, its own test metrics and the
-    trained detector (its EMA weights, as ultralytics saves them) wrapped as a :class:`YOLODetector`."""
+                      out: Path, workers: int = 2, validate: bool = True, device: str = "cpu",
+                      extra: dict | None = None) -> dict:
+    """Train YOLO ``model`` with ultralytics' own trainer (``extra`` settings on top of :data:`MATCHED_SETTINGS`,
+    e.g. ``distill_model=``); return its timing, its own test metrics and the trained detector (its EMA weights,
+    as ultralytics saves them) wrapped as a :class:`YOLODetector`."""
     out = Path(out).resolve()  # ultralytics puts a relative project under its own runs/ folder
     configure_ultralytics(out / ".ultralytics")
     from ultralytics import YOLO
 
     yaml_path = write_yolo_view(data, out / "data")
-    yaml_name, scale = YOLO_MODELS[model]
-    if isinstance(scale, list):
-        raise ValueError(f"{model}: ultralytics' trainer is compared on its own named scales only")
-    yolo = YOLO(yaml_name.replace(".yaml", f"{scale}.yaml"), task="detect")
+    yolo = YOLO(model_yaml(model, out / "model"), task="detect")
     epoch_times: list[float] = []
     yolo.add_callback("on_train_epoch_start", lambda trainer: epoch_times.append(-time.perf_counter()))
     yolo.add_callback("on_train_epoch_end", lambda trainer: epoch_times.__setitem__(-1, epoch_times[-1] + time.perf_counter()))
     threads = torch.get_num_threads()  # ultralytics sets its own (cpu_count - 1 on a CPU); restored at the end
     try:
         with no_font_downloads():
-                return _train_and_score(yolo, data, yaml_path, model, image_size, epochs, seed, batch_size, out,
-                                    workers, validate, device, epoch_times)
+            return _train_and_score(yolo, data, yaml_path, model, image_size, epochs, seed, batch_size, out,
+                                    workers, validate, device, epoch_times, extra or {})
     finally:
         torch.set_num_threads(threads)
 
 
 def _train_and_score(yolo, data, yaml_path, model, image_size, epochs, seed, batch_size, out, workers, validate,
-                     device, epoch_times) -> dict:
+                     device, epoch_times, extra) -> dict:
     from ultralytics import YOLO
 
     start = time.perf_counter()
     yolo.train(data=str(yaml_path), imgsz=image_size, epochs=epochs, batch=batch_size, nbs=batch_size, seed=seed,
                workers=workers, device=device, project=str(out), name="train", exist_ok=True, val=validate,
-               **MATCHED_SETTINGS)
+               **(MATCHED_SETTINGS | extra))
     wall_s = time.perf_counter() - start
     their_threads = torch.get_num_threads()
     n_train = len(data.splits["train"])
@@ -130,4 +155,6 @@ def _train_and_score(yolo, data, yaml_path, model, image_size, epochs, seed, bat
 def load_ultralytics_detector(checkpoint_path: Path) -> YOLODetector:
     """The model of an ultralytics checkpoint (its EMA weights, as its trainer saves them) as a YOLODetector."""
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    return YOLODetector((checkpoint.get("ema") or checkpoint["model"]).float(), YOLO_DEFAULTS)
+    model = checkpoint.get("ema") or checkpoint["model"]
+    model = getattr(model, "student_model", model)  # distill_model=: the student (its projector is training-only)
+    return YOLODetector(model.float(), YOLO_DEFAULTS)

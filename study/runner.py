@@ -50,7 +50,7 @@ class RunSpec:
     detector: str = "faster_rcnn"
 
 
-def _run_id(detector: str, backbone: str, method: str, seed: int, hparams: dict) -> str:
+def make_run_id(detector: str, backbone: str, method: str, seed: int, hparams: dict) -> str:
     digest = hashlib.sha1(json.dumps(hparams, sort_keys=True).encode()).hexdigest()[:8]
     return f"{detector}-{backbone}-{method.replace('+', '_')}-s{seed}-{digest}"
 
@@ -97,7 +97,7 @@ def plan_detector(profile: dict, detector: str, dataset_name: str, tuned: dict[s
               cfg["shape_key"]: cfg["shape"], "max_train_images": profile["max_train_images"]}
     t = cfg["teacher"]
     teacher_hp = common | {"role": t}
-    teachers = {seed: RunSpec(_run_id(detector, _role_name(t), "teacher", seed, teacher_hp), "teacher",
+    teachers = {seed: RunSpec(make_run_id(detector, _role_name(t), "teacher", seed, teacher_hp), "teacher",
                               _role_name(t), "teacher", seed, teacher_hp, detector)
                 for seed in profile["teacher_seeds"]}
     runs = list(teachers.values())
@@ -112,7 +112,7 @@ def plan_detector(profile: dict, detector: str, dataset_name: str, tuned: dict[s
                 hp["teacher_run"] = teachers[teacher_of(profile, seed)].run_id
                 if tuned and method in tuned:
                     hp["distill"], hp["tuned"] = tuned[method]["distill"], tuned[method]["source"]
-            runs.append(RunSpec(_run_id(detector, _role_name(s), method, seed, hp), "student", _role_name(s), method,
+            runs.append(RunSpec(make_run_id(detector, _role_name(s), method, seed, hp), "student", _role_name(s), method,
                                 seed, hp, detector))
     first_teacher = teachers[profile["teacher_seeds"][0]]
     for method in cfg["compress"]:
@@ -125,7 +125,7 @@ def plan_detector(profile: dict, detector: str, dataset_name: str, tuned: dict[s
             hp["distill"], hp["teacher_run"] = comp["kd"], first_teacher.run_id
         seeds = profile["seeds"] if method.startswith("prune") else [first_teacher.seed]
         for seed in seeds:
-            runs.append(RunSpec(_run_id(detector, _role_name(t), method, seed, hp), "compressed", _role_name(t),
+            runs.append(RunSpec(make_run_id(detector, _role_name(t), method, seed, hp), "compressed", _role_name(t),
                                 method, seed, hp, detector))
     return runs
 

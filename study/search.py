@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 
 from methods.distill.distiller import parse_method
 from study.cost import count_gflops
-from study.runner import RunSpec, Study, _run_id, detector_config, plan_detector
+from study.runner import RunSpec, Study, make_run_id, detector_config, plan_detector
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 TAP_CHOICES = {"faster_rcnn": ["c3,c4,c5", "c4,c5", "p3,p4,p5"], "fcos": ["c3,c4,c5", "c4,c5", "p3,p4,p5"],
@@ -131,7 +131,7 @@ def search(profile: dict, method: str, n_trials: int, out_dir: Path, storage_url
             raise BudgetReached(f"budget of {n_trials} trials reached by other workers")
         distill = suggest(trial, method, detector)
         hp = dict(student.hparams, distill=distill, teacher_run=teacher_run)
-        spec = RunSpec(_run_id(detector, student.backbone, method, seed, hp), "student",
+        spec = RunSpec(make_run_id(detector, student.backbone, method, seed, hp), "student",
                        student.backbone, method, seed, hp, detector)
 
         def report(record: dict):
