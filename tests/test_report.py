@@ -99,8 +99,8 @@ def test_written_tables_figures_and_report(runs_csv, tmp_path):
         assert (out / f"{name}.png").stat().st_size > 5000 and (out / f"{name}.pdf").stat().st_size > 1000
 
 
-def test_readme_shows_the_committed_default_table():
+def test_docs_results_show_the_committed_default_table():
     table = ROOT / "results" / "default" / "table.md"
     if not table.is_file():
         pytest.skip("no default study committed yet")
-    assert table.read_text().strip() in (ROOT / "README.md").read_text()
+    assert table.read_text().strip() in (ROOT / "docs" / "results.md").read_text()

@@ -154,13 +154,28 @@ def test_compression_rows_reuse_the_teacher(smoke):
     assert float(by_method["fp16"]["size_mb"]) == pytest.approx(float(teacher["size_mb"]) / 2, rel=0.05)
 
 
-def test_rows_without_checkpoints_are_rerun(smoke, tmp_path):
+def test_fresh_clone_retrains_only_the_teachers_the_plan_reads(smoke, tmp_path):
     profile, out, runs_csv = smoke
     from study.store import upsert_run
     for row in read_runs(runs_csv):  # a fresh clone: the committed runs.csv, no checkpoints
         upsert_run(tmp_path / "runs.csv", row)
     calls = []
-    study = Study(dict(profile, detectors=["faster_rcnn"], methods=["baseline"]), tmp_path, progress=False, log=lambda *_: None)
-    study.execute = lambda spec: calls.append(spec.method) or {"status_note": "stub"}
+    stub = {"per_class_ap": {}, "map": 0.0, "map50": 0.0}
+    study = Study(dict(profile, detectors=["faster_rcnn"], methods=["baseline", "hinton"]), tmp_path,
+                  progress=False, log=lambda *_: None)
+    study.execute = lambda spec: calls.append(spec.method) or dict(stub)
     study.run()
-    assert calls == ["teacher", "baseline"]
+    assert calls == ["teacher"]  # hinton reads it; the committed student rows (leaves) are kept
+    rows = {r["method"]: r for r in read_runs(tmp_path / "runs.csv") if r["detector"] == "faster_rcnn"}
+    assert rows["teacher"]["status"] == "ok" and rows["teacher"]["map"] == "0.0"  # the stub's row, recorded
+    assert rows["baseline"]["map"] == next(r["map"] for r in read_runs(runs_csv)
+                                           if r["detector"] == "faster_rcnn" and r["method"] == "baseline")
+    calls.clear()
+    for row in read_runs(runs_csv):  # the committed rows again, and a plan in which nothing reads the teacher
+        upsert_run(tmp_path / "runs.csv", row)
+    (tmp_path / "runs" / rows["teacher"]["run_id"] / "best.pt").unlink(missing_ok=True)
+    study = Study(dict(profile, detectors=["faster_rcnn"], methods=["baseline"]), tmp_path, progress=False,
+                  log=lambda *_: None)
+    study.execute = lambda spec: calls.append(spec.method) or dict(stub)
+    study.run()
+    assert calls == []
