@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 import torch_pruning as tp
 
-from study.cost import count_gflops, count_params
+from methods.measure import count_gflops, count_params
 
 IMPORTANCE = {
     "l1": lambda: tp.importance.MagnitudeImportance(p=1, group_reduction="first"),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import xml.etree.ElementTree as ET
 from collections import defaultdict
@@ -335,6 +336,8 @@ def load_yolo(yaml_path: Path, seed: int = 0, carve_fraction: float = 0.15) -> D
                         raise DataError(f"{label_path}: line {n} is not 'class cx cy w h'") from None
                     if not 0 <= cls < len(class_names):
                         raise DataError(f"{label_path}: line {n} has unknown class index {cls}")
+                    if not all(math.isfinite(v) for v in (cx, cy, w, h)):
+                        raise DataError(f"{label_path}: line {n} has a non-finite coordinate (nan or inf)")
                     rows.append((cls, cx, cy, w, h))
             xyxy = [[(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
                     for _, cx, cy, w, h in rows]

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from study.report import Group, pareto_front  # noqa: E402
+from study.groups import Group, pareto_front  # noqa: E402
 
 OKABE_ITO = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7"]
 MARKERS = ["*", "o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
@@ -36,7 +36,7 @@ def _save(fig, out: Path, stem: str) -> str:
 def accuracy_vs_cost(groups: list[Group], out: Path, column: str, xlabel: str, stem: str, log_x: bool) -> str:
     """One point per (detector, backbone, method): the colour names the model, the marker the method."""
     fig, ax = plt.subplots(figsize=(8.5, 4.5))
-    shown = [g for g in groups if g.ok and g.mean(column) is not None]
+    shown = [g for g in groups if g.ok and g.mean(column) is not None and g.mean("map") is not None]
     scale = 1e-6 if column == "params" else 1.0
     models = list(dict.fromkeys((g.detector, g.backbone) for g in shown))
     methods = list(dict.fromkeys(g.method for g in shown))
@@ -63,8 +63,9 @@ def accuracy_vs_cost(groups: list[Group], out: Path, column: str, xlabel: str, s
 
 def per_class_ap(groups: list[Group], out: Path) -> str | None:
     """Teacher, baseline and the best other method (by mean mAP), per class, mean over seeds."""
-    chosen = [g for g in groups if g.ok and g.method in ("teacher", "baseline")]
-    others = [g for g in groups if g.ok and g.method not in ("teacher", "baseline")]
+    groups = [g for g in groups if g.ok and all(r["per_class_ap"] for r in g.ok)]
+    chosen = [g for g in groups if g.method in ("teacher", "baseline")]
+    others = [g for g in groups if g.method not in ("teacher", "baseline")]
     if others:
         chosen.append(max(others, key=lambda g: g.mean("map")))
     if not chosen:

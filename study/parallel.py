@@ -51,11 +51,12 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker(conn, profile: dict, out_dir, data_spec: str, device: str, verbose: bool, threads: int) -> None:
+def _worker(conn, study_class, profile: dict, out_dir, data_spec: str, device: str, verbose: bool,
+            threads: int) -> None:
     _die_with_parent()
     torch.set_num_threads(threads)
-    from study.runner import Study  # imported here: the spawned process starts bare
-    study = Study(profile, out_dir, data_spec, device, progress=False, log=lambda *_: None)  # no interleaved bars
+    # the study's class arrives pickled by reference (its module is imported here): this module imports no runner
+    study = study_class(profile, out_dir, data_spec, device, progress=False, log=lambda *_: None)  # no bars
     study.data()  # its warnings were printed by the parent
     study.log = print if verbose else (lambda *_: None)
     while True:
@@ -70,7 +71,8 @@ class _Worker:
     def __init__(self, ctx, study, threads: int):
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_worker, daemon=True, args=(
-            child, study.profile, study.out_dir, study.data_spec, str(study.device), study.log is print, threads))
+            child, type(study), study.profile, study.out_dir, study.data_spec, str(study.device), study.log is print,
+            threads))
         self.process.start()
         child.close()
         self.job = None  # (label, spec) being run

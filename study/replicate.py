@@ -13,7 +13,7 @@ from pathlib import Path
 
 from study.report import group_runs, table_rows
 from study.stats import t_quantile
-from study.store import read_runs
+from study.store import read_study_rows
 
 OPPOSITE = {"significant gain": "significant loss", "significant loss": "significant gain"}
 
@@ -57,11 +57,8 @@ def compare(original: list[dict], replicate: list[dict]) -> list[dict]:
 
 def write_replication(original_dir: Path, replicate_dir: Path, out: Path, command: str) -> Path:
     """Write the comparison as markdown to ``out`` and return its path."""
-    original = read_runs(Path(original_dir) / "runs.csv")
-    replicate = read_runs(Path(replicate_dir) / "runs.csv")
-    for path, rows in ((original_dir, original), (replicate_dir, replicate)):
-        if not rows:
-            raise FileNotFoundError(f"{Path(path) / 'runs.csv'}: no runs (run the study first)")
+    original = read_study_rows(Path(original_dir) / "runs.csv")
+    replicate = read_study_rows(Path(replicate_dir) / "runs.csv")
     rows = compare(original, replicate)
     seeds = lambda rs, teacher: sorted({int(r["seed"]) for r in rs if (r["method"] == "teacher") == teacher})
     inside = [r for r in rows if r["inside"] is not None]

@@ -7,56 +7,17 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import platform
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from study.groups import Group, group_runs, pareto_front  # noqa: F401 - re-exported for callers of the report
+from study.figures import write_figures
 from study.stats import holm, paired_summary, t_quantile
-from study.store import read_runs
+from study.store import read_runs, read_study_rows
 
 COST_COLUMNS = (("params", "Params (M)", 1e-6), ("gflops", "GFLOPs", 1.0), ("size_mb", "Size (MB)", 1.0),
                 ("cpu_ms", "CPU ms", 1.0))
-
-
-@dataclass
-class Group:
-    detector: str
-    backbone: str
-    method: str
-    ok: list[dict] = field(default_factory=list)
-    failed: list[dict] = field(default_factory=list)
-
-    def values(self, column: str) -> list[float]:
-        return [float(r[column]) for r in self.ok if r.get(column) not in (None, "")]
-
-    def mean(self, column: str) -> float | None:
-        v = self.values(column)
-        return statistics.fmean(v) if v else None
-
-    def std(self, column: str) -> float | None:
-        v = self.values(column)
-        return statistics.stdev(v) if len(v) > 1 else (0.0 if v else None)
-
-    def by_seed(self, column: str) -> dict[int, float]:
-        return {int(r["seed"]): float(r[column]) for r in self.ok}
-
-
-def group_runs(rows: list[dict]) -> list[Group]:
-    groups: dict[tuple, Group] = {}
-    for r in rows:
-        key = (r["detector"], r["backbone"], r["method"])
-        g = groups.setdefault(key, Group(*key))
-        (g.ok if r["status"] == "ok" else g.failed).append(r)
-    first_seen = {key: i for i, key in enumerate(groups)}
-    teachers = {(d, b) for d, b, m in groups if m == "teacher"}
-
-    def order(g: Group) -> tuple:  # teacher, baseline, distilled students, then compressed teachers
-        role = {"teacher": 0, "baseline": 1}.get(g.method, 3 if (g.detector, g.backbone) in teachers else 2)
-        return g.detector, role, g.backbone, first_seen[(g.detector, g.backbone, g.method)]
-
-    return sorted(groups.values(), key=order)
 
 
 def teacher_seeds_of(rows: list[dict]) -> dict[str, int]:
@@ -108,16 +69,6 @@ def adjust_holm(rows: list[dict], key: str, alpha: float = 0.05) -> None:
                   "adj_high": p["mean"] + half, "family": len(family)}
             p["verdict"] = ("not significant" if not h["reject"] else
                             "significant gain" if p["mean"] > 0 else "significant loss")
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of points (cost, accuracy) that no other point beats: cost <= and accuracy >=, one strictly."""
-    front = []
-    for i, (c, a) in enumerate(points):
-        dominated = any((c2 <= c and a2 >= a) and (c2 < c or a2 > a) for j, (c2, a2) in enumerate(points) if j != i)
-        if not dominated:
-            front.append(i)
-    return front
 
 
 def late_peaks(g: Group, share: float = 0.2) -> int:
@@ -328,11 +279,9 @@ def latency_agreement(groups: list[Group]) -> list[str]:
 
 def write_report(runs_csv: Path, out: Path) -> Path:
     """Write every table, figure and REPORT.md for ``runs_csv`` into ``out``; return REPORT.md's path."""
-    from study.figures import write_figures
-
     runs_csv, out = Path(runs_csv), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    all_rows = read_runs(runs_csv)
+    all_rows = read_study_rows(runs_csv)
     groups = group_runs(all_rows)
     rows = table_rows(groups, all_rows)
     (out / "table.md").write_text(markdown_table(rows))
@@ -355,7 +304,7 @@ def write_report(runs_csv: Path, out: Path) -> Path:
     seeds = sorted({int(r["seed"]) for r in all_rows if r["method"] not in ("teacher",)})
     teacher_seeds = sorted({int(r["seed"]) for r in all_rows if r["method"] == "teacher"})
     total_s = sum(float(r["train_s"] or 0) for r in all_rows)
-    hparams = {json.loads(r["hparams"]).get("image_size") for r in all_rows if r["hparams"]}
+    hparams = {json.loads(r["hparams"]).get("image_size") for r in all_rows if r["hparams"]} - {None}
     import torch, torchvision  # noqa: E401 - versions for the record
     lines = [f"# Report: {', '.join(profiles)} on {', '.join(datasets)}", "",
              f"- runs: {len(all_rows)} ({len(failed)} failed); seeds for student rows: {seeds}; teacher seeds: "

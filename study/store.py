@@ -25,6 +25,34 @@ def read_runs(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+REQUIRED = ("run_id", "detector", "backbone", "method", "seed", "status")  # what a row cannot be read without
+
+
+def read_study_rows(path: Path) -> list[dict]:
+    """A runs.csv for reports: every row with every column of :data:`COLUMNS` (missing optional ones empty).
+    Raises FileNotFoundError or ValueError with a one-line message naming the file (and line) on a missing file, an
+    empty one, a missing required column or a row without a run id, seed or status."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such runs file")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (a runs.csv needs {', '.join(REQUIRED)})")
+        rows = []
+        for line, row in enumerate(reader, 2):
+            bad = [c for c in ("run_id", "seed", "status") if not (row.get(c) or "").strip()]
+            if not bad and not row["seed"].strip().lstrip("-").isdigit():
+                bad = ["seed (not an integer)"]
+            if bad:
+                raise ValueError(f"{path}: line {line}: empty or bad {', '.join(bad)}")
+            rows.append({c: "" for c in COLUMNS} | {k: v for k, v in row.items() if k is not None})
+    if not rows:
+        raise ValueError(f"{path}: no runs in the file")
+    return rows
+
+
 def upsert_run(path: Path, row: dict) -> None:
     path = Path(path)
     rows = read_runs(path)

@@ -182,6 +182,9 @@ def test_yolo_bad_line_and_unknown_class_index(tiny_voc, ids, tmp_path):
     label.write_text("7 0.5 0.5 0.1 0.1\n")
     with pytest.raises(DataError, match=f"{ids[0]}.txt: line 1 has unknown class index 7"):
         load_dataset(f"yolo:{tmp_path / 'y' / 'data.yaml'}")
+    label.write_text("0 0.5 0.5 0.2 0.2\n0 nan 0.5 0.2 0.2\n")
+    with pytest.raises(DataError, match=f"{ids[0]}.txt: line 2 has a non-finite coordinate"):
+        load_dataset(f"yolo:{tmp_path / 'y' / 'data.yaml'}")
 
 
 def test_cli_reports_bad_data_in_one_line(tiny_voc, ids, tmp_path):

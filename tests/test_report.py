@@ -104,3 +104,29 @@ def test_docs_results_show_the_committed_default_table():
     if not table.is_file():
         pytest.skip("no default study committed yet")
     assert table.read_text().strip() in (ROOT / "docs" / "results.md").read_text()
+
+
+def test_report_of_bad_runs_files_is_a_one_line_error(tmp_path, capsys):
+    from study.__main__ import main
+    out = str(tmp_path / "out")
+    assert main(["report", "--runs", str(tmp_path / "missing.csv"), "--out", out]) == 2
+    assert "missing.csv: no such runs file" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "REPORT.md").exists()
+    no_detector = tmp_path / "no_detector.csv"
+    no_detector.write_text("run_id,backbone,method,seed,status\na,shallow,baseline,0,ok\n")
+    assert main(["report", "--runs", str(no_detector), "--out", out]) == 2
+    assert "no_detector.csv: missing column(s) detector" in capsys.readouterr().err
+    bad_seed = tmp_path / "bad_seed.csv"
+    bad_seed.write_text("run_id,detector,backbone,method,seed,status\na,f,shallow,baseline,zero,ok\n")
+    assert main(["report", "--runs", str(bad_seed), "--out", out]) == 2
+    assert "bad_seed.csv: line 2: empty or bad seed (not an integer)" in capsys.readouterr().err
+
+
+def test_report_of_core_columns_only(tmp_path):
+    """A runs.csv with just the documented core columns (no device, wall_s, costs, ...) still gives a report."""
+    core = tmp_path / "runs.csv"
+    core.write_text("run_id,detector,backbone,method,seed,status,map\n"
+                    "b0,faster_rcnn,shallow,baseline,0,ok,0.40\nb1,faster_rcnn,shallow,baseline,1,ok,0.42\n"
+                    "h0,faster_rcnn,shallow,hinton,0,ok,0.43\nh1,faster_rcnn,shallow,hinton,1,ok,0.44\n")
+    report = write_report(core, tmp_path / "out").read_text()
+    assert "| faster_rcnn | shallow | hinton |" in report and "+2.5" in report
