@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--profile", default="default", help="profile name (study/profiles) or YAML path")
     search.add_argument("--detector", default="faster_rcnn", help="detector family: faster_rcnn, yolo, fcos")
     search.add_argument("--method", required=True, help="hinton, fitnets, at, nst or a '+' combination")
-    search.add_argument("--n-trials", type=int, required=True, help="total trials over all workers")
+    search.add_argument("--n-trials", type=int, help="total trials over all workers")
+    search.add_argument("--budget-epochs", type=int, help="or: total training epochs over all trials and workers")
+    search.add_argument("--seed", type=int, help="student seed of the trials (default: the profile's first)")
     search.add_argument("--storage", help="Optuna RDB URL or journal:PATH (default: SQLite in --out)")
     search.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
     search.add_argument("--multi-objective", action="store_true", help="NSGA-II on (val mAP, GFLOPs)")
@@ -53,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     rival.add_argument("--data", help="dataset spec")
     rival.add_argument("--device", help="cpu, cuda, ...")
     rival.add_argument("--out", help="results folder (default: results/<profile>)")
+    tuned = sub.add_parser("tuned", help="search every method with the same budget, then the final rows (resumable)")
+    tuned.add_argument("--profile", default="tuned", help="profile name (study/profiles) or YAML path")
+    tuned.add_argument("--data", help="dataset spec")
+    tuned.add_argument("--device", help="cpu, cuda, ...")
+    tuned.add_argument("--out", help="results folder (default: results/<profile>)")
+    tuned.add_argument("--storage", help="Optuna storage (default: SQLite in --out)")
     replicate = sub.add_parser("replicate", help="compare a study with its rerun on disjoint seeds: REPLICATION.md")
     replicate.add_argument("--original", default="results/default", help="the original study's folder")
     replicate.add_argument("--replicate", default="results/replication", help="the rerun's folder")
@@ -64,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from study.report import write_report
     try:
-        if args.command in ("run", "search", "parity", "bench", "rival"):
+        if args.command in ("run", "search", "parity", "bench", "rival", "tuned"):
             from study.defaults import PROJECT_ROOT, load_profile
             profile = load_profile(args.profile)
             out = Path(args.out) if args.out else PROJECT_ROOT / "results" / profile["name"]
@@ -82,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "search":
             from study.search import search as run_search
             st = run_search(profile, args.method, args.n_trials, out, args.storage, args.data, args.device,
-                            args.pruner, args.multi_objective, detector=args.detector)
+                            args.pruner, args.multi_objective, detector=args.detector,
+                            budget_epochs=args.budget_epochs, seed=args.seed)
             print(f"search '{st.study_name}': {len(st.trials)} trials in storage; report in {out / 'search'}")
         elif args.command == "bench":
             from study.bench import run_bench
@@ -97,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                                  args.data, args.device)
             print(f"harness mAP {r['harness']['map_mean']:.3f}, ultralytics mAP {r['ultralytics']['map_mean']:.3f} "
                   f"({r['difference_points_mean']:+.2f} points); wrote {Path(args.out) / 'parity.md'}")
+        elif args.command == "tuned":
+            from study.tuned import run_tuned
+            print(f"wrote {run_tuned(profile, out, args.data, args.device, args.storage)}")
         elif args.command == "rival":
             from study.rival import run_rival
             from study.runner import Study

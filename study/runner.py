@@ -36,6 +36,7 @@ from study.train import seed_everything, train
 
 
 DETECTORS = ("faster_rcnn", "fcos", "yolo")
+TUNED_SUFFIX = "@tuned"  # "hinton@tuned": Hinton with its searched settings, beside "hinton" at default weights
 SHAPE_KEYS = {"faster_rcnn": "frcnn", "fcos": "fcos", "yolo": "yolo"}  # the hparams key of a detector's shape
 
 
@@ -102,6 +103,10 @@ def plan_detector(profile: dict, detector: str, dataset_name: str, tuned: dict[s
                 for seed in profile["teacher_seeds"]}
     runs = list(teachers.values())
     s = cfg["student"]
+    shared = (tuned or {}).get("baseline")  # searched shared settings: every student row trains with them
+    if shared:
+        common = common | {"train": cfg["train"] | shared["train"], "tuned_shared": shared["source"]}
+        s = s | {"epochs": shared["epochs"]}
     for method in cfg["methods"]:
         for seed in profile["seeds"]:
             hp = common | {"role": s}
@@ -112,6 +117,8 @@ def plan_detector(profile: dict, detector: str, dataset_name: str, tuned: dict[s
                 hp["teacher_run"] = teachers[teacher_of(profile, seed)].run_id
                 if tuned and method in tuned:
                     hp["distill"], hp["tuned"] = tuned[method]["distill"], tuned[method]["source"]
+                elif method.endswith(TUNED_SUFFIX):
+                    raise ValueError(f"method '{method}' has no finished search to take its settings from")
             runs.append(RunSpec(make_run_id(detector, _role_name(s), method, seed, hp), "student", _role_name(s), method,
                                 seed, hp, detector))
     first_teacher = teachers[profile["teacher_seeds"][0]]

@@ -1,6 +1,7 @@
 """Optuna search of a method's hyperparameters on the validation split (never test).
 
-Every method gets the same budget (``--n-trials``) over its own space. The objective is the best validation mAP of
+Every method gets the same budget (``--n-trials``, or ``budget_epochs`` counted in training epochs) over its own
+space; ``baseline`` searches the settings every student row shares (learning rate, weight decay, epochs). The objective is the best validation mAP of
 a student trained with the trial's hyperparameters; a pruner (median or hyperband) stops bad trials from their
 validation mAP per epoch. ``--multi-objective`` searches (validation mAP up, GFLOPs down) with NSGA-II and writes
 the Pareto set.
@@ -52,7 +53,26 @@ def suggest(trial: optuna.Trial, method: str, detector: str = "faster_rcnn") -> 
         elif part == "nst":
             out[part] = {"weight": trial.suggest_float(name("weight"), 1.0, 500.0, log=True),
                          "taps": trial.suggest_categorical(name("taps"), tap_choices).split(",")}
+        elif part in ("pkd", "cwd", "fgfi"):  # balanced: the search sets the ratio to the detector's loss
+            out[part] = {"balance": trial.suggest_float(name("balance"), 0.05, 5.0, log=True),
+                         "taps": trial.suggest_categorical(name("taps"), tap_choices).split(",")}
+            if part == "cwd":
+                out[part]["tau"] = trial.suggest_float(name("tau"), 1.0, 4.0)
+            if part == "fgfi":
+                out[part]["psi"] = trial.suggest_float(name("psi"), 0.3, 0.8)
+        elif part == "ld":
+            out[part] = {"balance": trial.suggest_float(name("balance"), 0.05, 5.0, log=True),
+                         "temperature": trial.suggest_float(name("temperature"), 2.0, 20.0, log=True)}
     return out
+
+
+def suggest_shared(trial: optuna.Trial, train: dict, max_epochs: int) -> dict:
+    """The settings every student row shares (the baseline's search): learning rate and weight decay around the
+    profile's, and the number of epochs up to the profile's cap (half, three quarters or all of it)."""
+    epochs = sorted({max(1, round(max_epochs * f)) for f in (0.5, 0.75, 1.0)})
+    return {"train": {"lr": trial.suggest_float("lr", train["lr"] / 4, train["lr"] * 2, log=True),
+                      "weight_decay": trial.suggest_float("weight_decay", 1e-5, 1e-3, log=True)},
+            "epochs": trial.suggest_categorical("epochs", epochs)}
 
 
 def open_storage(url: str | None, out_dir: Path, heartbeat_s: int = 10, grace_s: int = 30):
@@ -103,12 +123,18 @@ class BudgetReached(RuntimeError):
     pass
 
 
-def search(profile: dict, method: str, n_trials: int, out_dir: Path, storage_url: str | None = None,
+def search(profile: dict, method: str, n_trials: int | None, out_dir: Path, storage_url: str | None = None,
            data_spec: str | None = None, device: str | None = None, pruner: str = "median",
-           multi_objective: bool = False, log=print, detector: str = "faster_rcnn") -> optuna.Study:
-    if method == "baseline":
-        raise ValueError("baseline has no method hyperparameters to search (training settings are shared)")
-    parse_method(method)
+           multi_objective: bool = False, log=print, detector: str = "faster_rcnn",
+           budget_epochs: int | None = None, seed: int | None = None, shared: dict | None = None) -> optuna.Study:
+    """Search ``method``'s settings on the validation split. ``baseline`` searches the settings every student row
+    shares (:func:`suggest_shared`); a distillation method searches its own (:func:`suggest`) on top of ``shared``
+    (the baseline search's best, or the profile's). The budget is ``n_trials`` finished trials, or ``budget_epochs``
+    training epochs (a pruned trial counts the epochs it ran), shared by every worker of the study. Trials train the
+    student of ``seed`` (default: the profile's first seed) against the first teacher seed's teacher."""
+    if (n_trials is None) == (budget_epochs is None):
+        raise ValueError("give exactly one budget: n_trials or budget_epochs")
+    parse_method(method) if method != "baseline" else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runner = Study(profile, out_dir, data_spec, device, progress=False, log=log)
@@ -116,52 +142,87 @@ def search(profile: dict, method: str, n_trials: int, out_dir: Path, storage_url
     student = next((s for s in plan if s.role == "student"), None)
     if student is None:
         raise ValueError(f"profile '{profile['name']}' trains no {detector} student to search for (methods: none)")
-    teacher_run = runner.ensure_teacher(detector)
+    teacher_run = runner.ensure_teacher(detector) if method != "baseline" else None
     search_cfg = profile["search"]
     storage = open_storage(storage_url, out_dir, search_cfg["heartbeat_s"], search_cfg["grace_s"])
     name = study_name(profile, detector, method)
     study = _create_study(storage, name, multi_objective, pruner, profile["teacher_seeds"][0])
     name = study.study_name
-    seed = profile["seeds"][0]
+    seed = profile["seeds"][0] if seed is None else seed
+
+    def spent(st: optuna.Study) -> float:
+        """The budget used: finished trials, or epochs run (pruned trials count what they ran)."""
+        trials = st.get_trials(deepcopy=False, states=FINISHED)
+        return len(trials) if budget_epochs is None else sum(t.user_attrs.get("epochs_run", 0) for t in trials)
+
+    limit = n_trials if budget_epochs is None else budget_epochs
 
     def objective(trial: optuna.Trial):
-        active = [t.number for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))]
-        if sorted(active).index(trial.number) >= n_trials:
+        if budget_epochs is None:
+            active = [t.number for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))]
+            if sorted(active).index(trial.number) >= n_trials:
+                study.stop()
+                raise BudgetReached(f"budget of {n_trials} trials reached by other workers")
+        elif spent(study) >= budget_epochs:
             study.stop()
-            raise BudgetReached(f"budget of {n_trials} trials reached by other workers")
-        distill = suggest(trial, method, detector)
-        hp = dict(student.hparams, distill=distill, teacher_run=teacher_run)
+            raise BudgetReached(f"budget of {budget_epochs} epochs reached by other workers")
+        hp = dict(student.hparams, search_seed=seed)
+        if method == "baseline":
+            settings = suggest_shared(trial, student.hparams["train"], student.hparams["role"]["epochs"])
+        else:
+            settings = {"distill": suggest(trial, method, detector)}
+            hp |= {"distill": settings["distill"], "teacher_run": teacher_run}
+        base = shared or {"train": {}, "epochs": student.hparams["role"]["epochs"]}
+        train_settings = settings.get("train", base["train"])
+        hp |= {"train": student.hparams["train"] | train_settings,
+               "role": student.hparams["role"] | {"epochs": settings.get("epochs", base["epochs"])}}
         spec = RunSpec(make_run_id(detector, student.backbone, method, seed, hp), "student",
                        student.backbone, method, seed, hp, detector)
+        epochs_run = [0]
 
         def report(record: dict):
+            epochs_run[0] = record["epoch"]
+            trial.set_user_attr("epochs_run", record["epoch"])
             if "val_map" in record and not multi_objective:
                 trial.report(record["val_map"], record["epoch"])
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {record['epoch']}")
 
         model, _, result = runner.train_run(spec, out_dir / "search" / name / f"trial-{trial.number}", report)
-        trial.set_user_attr("distill", distill)
+        trial.set_user_attr("settings", settings)
+        if "distill" in settings:
+            trial.set_user_attr("distill", settings["distill"])
         if multi_objective:
             image = runner.image_set("val").images[0].float().div(255)
             return result["best_val_map"], count_gflops(model.cpu(), image)[0]
         return result["best_val_map"]
 
     def stop_at_budget(st: optuna.Study, _trial) -> None:
-        if len(st.get_trials(deepcopy=False, states=FINISHED)) >= n_trials:
+        if spent(st) >= limit:
             st.stop()
 
-    if len(study.get_trials(deepcopy=False, states=FINISHED)) < n_trials:
-        study.optimize(objective, n_trials=n_trials * 3, callbacks=[stop_at_budget],
-                       catch=(BudgetReached,), gc_after_trial=True)
+    if spent(study) < limit:
+        study.optimize(objective, n_trials=(n_trials * 3 if budget_epochs is None else 10_000),
+                       callbacks=[stop_at_budget], catch=(BudgetReached,), gc_after_trial=True)
     write_search_report(study, out_dir / "search" / name, multi_objective)
     return study
 
 
+def budget_summary(study: optuna.Study) -> dict:
+    """Trials and epochs a search spent, pruned ones apart."""
+    trials = study.get_trials(deepcopy=False, states=FINISHED)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    return {"trials": len(trials), "pruned": len(pruned),
+            "epochs": sum(t.user_attrs.get("epochs_run", 0) for t in trials),
+            "pruned_epochs": sum(t.user_attrs.get("epochs_run", 0) for t in pruned)}
+
+
 def best_distill(study: optuna.Study) -> dict:
+    """The best trial's settings (``distill``, or a baseline search's ``train`` and ``epochs``) and its source."""
     best = study.best_trial
-    return {"distill": best.user_attrs["distill"],
-            "source": {"study": study.study_name, "trial": best.number, "val_map": best.value}}
+    source = {"study": study.study_name, "trial": best.number, "val_map": best.value}
+    settings = best.user_attrs.get("settings") or {"distill": best.user_attrs["distill"]}
+    return settings | {"source": source}
 
 
 def load_tuned(profile: dict, out_dir: Path, storage_url: str | None) -> dict[str, dict[str, dict]]:
@@ -171,7 +232,7 @@ def load_tuned(profile: dict, out_dir: Path, storage_url: str | None) -> dict[st
     tuned: dict[str, dict[str, dict]] = {}
     names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
     for detector in profile["detectors"]:
-        for method in detector_config(profile, detector)["methods"]:
+        for method in ["baseline"] + [m for m in detector_config(profile, detector)["methods"] if m != "baseline"]:
             name = study_name(profile, detector, method)
             if name in names:
                 study = optuna.load_study(study_name=name, storage=storage)

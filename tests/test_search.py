@@ -3,6 +3,7 @@ and the tuned settings fed back into a study run."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import signal
@@ -169,3 +170,36 @@ def test_killed_search_resumes_without_losing_or_repeating_trials(smoke_with_tea
     assert all(states[n] == optuna.trial.TrialState.FAIL for n in killed)  # the interrupted trial is marked failed
     retried = [t for t in after.get_trials(deepcopy=False) if t.system_attrs.get("failed_trial") in killed]
     assert retried and all(t.state in FINISHED for t in retried)
+
+
+def test_tuned_command_equal_budgets_fresh_seeds_and_side_by_side_report(smoke_with_teacher, tmp_path):
+    from study.defaults import _merge
+    from study.tuned import run_tuned
+
+    profile, _, out = smoke_with_teacher
+    p = _merge(profile, {"detectors": ["faster_rcnn"], "methods": ["baseline", "hinton"],
+                         "tuning": {"budget_epochs": 3, "search_seed": 100, "pruner": "none"}})
+    for name in ("runs.csv",):  # the smoke teacher of the shared folder, its checkpoint included
+        (tmp_path / name).write_bytes((out / name).read_bytes())
+    import shutil
+    shutil.copytree(out / "runs", tmp_path / "runs")
+    report = run_tuned(p, tmp_path, log=lambda *_: None).read_text()
+    tuning = json.loads((tmp_path / "tuning.json").read_text())
+    spent = tuning["budgets"]["faster_rcnn"]
+    assert set(spent) == {"baseline", "hinton"}
+    for b in spent.values():  # the same budget in epochs: reached, and overrun by at most one trial (2 epochs)
+        assert 3 <= b["epochs"] <= 3 + 2
+    rows = {r["method"]: r for r in read_runs(tmp_path / "runs.csv") if r["detector"] == "faster_rcnn"}
+    assert {"baseline", "hinton", "hinton@tuned"} <= set(rows)
+    tuned_hp = json.loads(rows["hinton@tuned"]["hparams"])
+    assert tuned_hp["tuned"]["study"] == "smoke-faster_rcnn-hinton"
+    assert tuned_hp["distill"]["hinton"] == tuning["found"]["faster_rcnn"]["hinton@tuned"]["distill"]["hinton"]
+    shared = tuning["found"]["faster_rcnn"]["baseline"]
+    for method in ("baseline", "hinton", "hinton@tuned"):  # every final row trains with the searched settings
+        hp = json.loads(rows[method]["hparams"])
+        assert hp["train"]["lr"] == shared["train"]["lr"] and hp["role"]["epochs"] == shared["epochs"]
+        assert int(rows[method]["seed"]) != 100 and hp["tuned_shared"]["study"] == "smoke-faster_rcnn-baseline"
+    assert "## Tuning (equal budget per method, then fresh seeds)" in report
+    assert "| faster_rcnn | hinton |" in report
+    with pytest.raises(ValueError, match="search_seed 0 is also a final seed"):
+        run_tuned(_merge(p, {"tuning": {"search_seed": 0}}), tmp_path, log=lambda *_: None)

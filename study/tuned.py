@@ -1,0 +1,96 @@
+"""The tuned comparison: every method searched with the same budget, then fresh seeds, in one resumable command.
+
+Protocol (written into the report): on the validation split, with a search seed that no final row uses,
+1. ``baseline`` searches the settings every row shares (learning rate, weight decay, epochs up to the profile's
+   cap) with a budget of ``tuning.budget_epochs`` training epochs;
+2. each distillation method searches its own settings on top of the baseline's best shared settings, with the same
+   budget in epochs and the same pruner (a pruned trial counts the epochs it ran);
+3. the final rows train, with the profile's seeds (paired over teacher x seed cells as in every study), the baseline
+   and every method twice with the shared settings: at its default weights (``hinton``) and at its searched ones
+   (``hinton@tuned``), so both are compared with the same baseline rows.
+Searches live in Optuna storage in the results folder (SQLite) and finished runs in its runs.csv, so a killed
+command continues where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from study.report import write_report
+from study.runner import TUNED_SUFFIX, Study, detector_config, plan_runs
+from study.search import best_distill, budget_summary, search
+from study.store import read_study_rows
+
+
+def tuned_profile(profile: dict) -> dict:
+    """``profile`` with an ``@tuned`` row beside every distillation method of every detector."""
+    p = copy.deepcopy(profile)
+    for detector in p["detectors"]:
+        methods = detector_config(p, detector)["methods"]
+        extended = methods + [m + TUNED_SUFFIX for m in methods if m not in ("baseline", "baseline-long")
+                              and not m.endswith(TUNED_SUFFIX)]
+        if detector == "faster_rcnn":
+            p["methods"] = extended
+        else:
+            p[detector]["methods"] = extended
+    return p
+
+
+def run_tuned(profile: dict, out: Path, data_spec: str | None = None, device: str | None = None,
+              storage: str | None = None, log=print) -> Path:
+    """Search every method (same budget), then train the final rows; returns REPORT.md."""
+    cfg, out = profile["tuning"], Path(out)
+    if cfg["search_seed"] in profile["seeds"]:
+        raise ValueError(f"tuning.search_seed {cfg['search_seed']} is also a final seed {profile['seeds']}: "
+                         "a search seed must never report")
+    tuned, budgets = {}, {}
+    for detector in profile["detectors"]:
+        methods = [m for m in detector_config(profile, detector)["methods"] if m not in ("baseline", "baseline-long")]
+        common = dict(storage_url=storage, data_spec=data_spec, device=device, pruner=cfg["pruner"], log=log,
+                      detector=detector, budget_epochs=cfg["budget_epochs"], seed=cfg["search_seed"])
+        base = search(profile, "baseline", None, out, **common)
+        shared = best_distill(base)
+        found, spent = {"baseline": shared}, {"baseline": budget_summary(base)}
+        for method in methods:
+            st = search(profile, method, None, out, shared=shared, **common)
+            found[method + TUNED_SUFFIX], spent[method] = best_distill(st), budget_summary(st)
+        tuned[detector], budgets[detector] = found, spent
+    final = tuned_profile(profile)
+    runner = Study(final, out, data_spec, device, progress=False, log=log)
+    runner.run(plan_runs(final, runner.data().name, tuned))
+    (out / "tuning.json").write_text(json.dumps({"protocol": __doc__, "settings": cfg, "final_seeds": profile["seeds"],
+                                                 "teacher_seeds": profile["teacher_seeds"], "found": tuned,
+                                                 "budgets": budgets}, indent=1, default=str))
+    report = write_report(runner.runs_csv, out)
+    report.write_text(report.read_text() + tuning_markdown(read_study_rows(runner.runs_csv), budgets, cfg))
+    return report
+
+
+def tuning_markdown(rows: list[dict], budgets: dict, cfg: dict) -> str:
+    """Per method: its default-weight and tuned Δ against the same baseline rows, and the budget it spent."""
+    from study.groups import group_runs
+    from study.report import table_rows
+
+    table = {(r["detector"], r["method"]): r for r in table_rows(group_runs(rows), rows)}
+    lines = ["", "## Tuning (equal budget per method, then fresh seeds)", "",
+             f"Each method, the baseline included, searched on the validation split with a budget of "
+             f"{cfg['budget_epochs']} training epochs (pruner: {cfg['pruner']}; a pruned trial counts what it ran), "
+             f"student seed {cfg['search_seed']} (no final row uses it); the baseline's search chose the settings every "
+             "final row shares, the methods searched their own on top. Δ against the same `baseline` rows, Holm "
+             "over the rows of a detector.", "",
+             "| Detector | Method | Default-weight Δ (pts) [95% CI] | Tuned Δ (pts) [95% CI] | Trials (pruned) | "
+             "Epochs spent (of them pruned) |", "|---|---|---|---|---|---|"]
+
+    def delta(row) -> str:
+        p = (row or {}).get("paired")
+        if not p or p["low"] is None:
+            return "–"
+        return f"{p['mean'] * 100:+.2f} [{p['low'] * 100:+.2f}, {p['high'] * 100:+.2f}], {p.get('verdict', '')}"
+
+    for detector, spent in budgets.items():
+        for method, b in spent.items():
+            lines.append(f"| {detector} | {method} | {delta(table.get((detector, method)))} | "
+                         f"{delta(table.get((detector, method + TUNED_SUFFIX)))} | {b['trials']} ({b['pruned']}) | "
+                         f"{b['epochs']} ({b['pruned_epochs']}) |")
+    return "\n".join(lines) + "\n"
