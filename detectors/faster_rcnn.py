@@ -9,6 +9,10 @@ The model is torchvision's own ``FasterRCNN``; only its parts are chosen here:
   returns the RoI classification logits: hooks there give what Hinton KD needs.
 - The transform normalises and batches but does not resize: images arrive already on a fixed canvas
   (``study.images``), so boxes stay in canvas pixels.
+
+What a distiller, a pruner or a quantizer needs to know about the family is declared here, in :data:`FAMILY` (read
+through :mod:`detectors`): its taps (the module whose output holds each, and its stride), where the network's input
+and its RoI logits are, the channels of each tap of a built model, the teacher's feature pass and the RPN anchors.
 """
 from __future__ import annotations
 
@@ -82,4 +86,69 @@ def build_faster_rcnn(backbone: str, num_classes: int, fpn_channels: int = 128, 
         box_score_thresh=score_thresh, box_detections_per_img=detections_per_image)
     model.transform = CanvasTransform(min_size=1, max_size=1, image_mean=[0.485, 0.456, 0.406],
                                       image_std=[0.229, 0.224, 0.225])
+    model.detector_family = FAMILY["name"]
     return model
+
+
+# ---------------------------------------------------------------- what the family exposes (see detectors/__init__)
+TORCHVISION_TAPS = {**{name: {"module": "backbone.body", "stride": 2 ** (i + 3)} for i, name in enumerate(BACKBONE_TAPS)},
+                    **{name: {"module": "backbone.fpn", "stride": 2 ** (i + 3)} for i, name in enumerate(FPN_TAPS)}}
+
+
+def torchvision_tap_channels(model: nn.Module) -> dict[str, int]:
+    """Channels of every tap of a built (or pruned) model, from its own record of them (no forward pass)."""
+    backbone = model.backbone
+    return {**dict(zip(BACKBONE_TAPS, backbone.body_channels)), **{k: backbone.out_channels for k in FPN_TAPS}}
+
+
+def torchvision_features(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A frozen teacher's taps for the normalised batch ``x``: body and FPN, one pass, no heads."""
+    c = model.backbone.body(x)
+    return {**c, **model.backbone.fpn(c)}
+
+
+def torchvision_prune_setup(model: nn.Module, image: torch.Tensor):
+    """(module to trace, example input, layers to keep, output transform) for torch-pruning: the backbone body is
+    pruned; the FPN keeps its width (its lateral convolutions lose inputs only)."""
+    return model.backbone, model.transform([image])[0].tensors, [model.backbone.fpn], None
+
+
+@torch.no_grad()
+def torchvision_after_prune(model: nn.Module, example: torch.Tensor) -> None:
+    """Record the pruned body's channels (what :func:`torchvision_tap_channels` reads)."""
+    model.backbone.body_channels = tuple(f.shape[1] for f in model.backbone.body(example).values())
+
+
+def _level(tap: str) -> int:
+    return int(tap[1:]) - 3  # c3/p3 -> 0 (stride 8), c4/p4 -> 1, c5/p5 -> 2
+
+
+def grid_centres(h: int, w: int, stride: float, offset: float, device) -> torch.Tensor:
+    """Centres (H, W, 2) as (x, y) of a stride-``stride`` grid, ``offset`` cells from the corner."""
+    ys, xs = torch.meshgrid((torch.arange(h, device=device) + offset) * stride,
+                            (torch.arange(w, device=device) + offset) * stride, indexing="ij")
+    return torch.stack([xs, ys], dim=-1).float()
+
+
+def rpn_anchors(model: nn.Module, tap: str, h: int, w: int, stride: float) -> torch.Tensor:
+    """The RPN's own anchors at the level of ``tap`` (torchvision centres them on x·stride): (H, W, A, 4) xyxy."""
+    gen = model.rpn.anchor_generator
+    level = _level(tap)
+    base = gen.generate_anchors(gen.sizes[level], gen.aspect_ratios[level]).to(next(model.parameters()).device)
+    centres = grid_centres(h, w, stride, 0.0, base.device).repeat(1, 1, 2)  # (H, W, 4) as x, y, x, y
+    return centres[:, :, None, :] + base[None, None]
+
+
+FAMILY = {
+    "name": "faster_rcnn",
+    "input": "backbone",  # the module whose first input is the normalised image batch
+    "taps": TORCHVISION_TAPS,  # each tap is the key of the same name in its module's output dict
+    "roi": {"pool": "roi_heads.box_roi_pool", "head": "roi_heads.box_head", "predictor": "roi_heads.box_predictor"},
+    "tap_channels": torchvision_tap_channels,
+    "teacher": torchvision_features,
+    "anchors": rpn_anchors,
+    "prune_setup": torchvision_prune_setup,
+    "after_prune": torchvision_after_prune,
+    "pruned_parts": "backbone body (FPN lateral inputs follow)",
+    "pruned_taps": BACKBONE_TAPS,
+}

@@ -13,7 +13,10 @@ distiller treat it like a torchvision detector:
 - labels are the study's 1-based labels (0 is background in torchvision); YOLO's classes are ``label - 1``.
 
 Feature taps for distillation: ``p3, p4, p5`` are the neck maps the Detect head reads (strides 8, 16, 32), and
-the dense classification logits are the Detect head's ``scores`` (one row per anchor point, sigmoid per class).
+the dense classification logits are the Detect head's ``scores`` (one row per anchor point, sigmoid per class);
+its ``boxes`` are the box edges' DFL bin logits. All of it is declared in :data:`FAMILY`, with what pruning needs
+(:class:`SplitC2f`: C2f's output split in two convolutions so that torch-pruning can follow it) and what int8
+quantization traces (:class:`YOLOTrunk`: the layers before the Detect head, as a plain module).
 
 Ultralytics is kept offline and quiet: ``YOLO_OFFLINE=1`` (no online checks), ``YOLO_VERBOSE=False``, and
 ``YOLO_CONFIG_DIR`` (its settings file) set by :func:`configure_ultralytics` before ultralytics is first imported.
@@ -21,6 +24,7 @@ Nothing here calls ultralytics' trainer, AMP check, downloads or plotting (fonts
 """
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import tempfile
@@ -99,6 +103,8 @@ def targets_to_yolo(targets: list[dict], height: int, width: int, device) -> dic
 class YOLODetector(nn.Module):
     """An ultralytics ``DetectionModel`` with torchvision's detection interface (see the module docstring)."""
 
+    detector_family = "yolo"
+
     losses_summed_over_batch = True  # ultralytics' criterion returns loss x batch size; distillation terms follow
 
     def __init__(self, model: nn.Module, hyp: dict):
@@ -147,3 +153,116 @@ def build_yolo(name: str, num_classes: int, **hyp) -> YOLODetector:
     DetectionModel = _ultralytics()[0]
     model = DetectionModel(yolo_model_dict(name), nc=num_classes, verbose=False)
     return YOLODetector(model, YOLO_DEFAULTS | hyp)
+
+
+# ---------------------------------------------------------------- what pruning and quantization need
+class SplitC2f(nn.Module):
+    """C2f with ``cv1`` cut into two convolutions ``cv1a``/``cv1b`` (its output halves): the same function."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        half = block.cv1.conv.out_channels // 2
+        self.cv1a, self.cv1b = copy.deepcopy(block.cv1), copy.deepcopy(block.cv1)
+        for conv, part in ((self.cv1a, slice(0, half)), (self.cv1b, slice(half, 2 * half))):
+            conv.conv.weight = nn.Parameter(block.cv1.conv.weight.data[part].clone())
+            conv.conv.out_channels = half
+            bn = conv.bn
+            bn.num_features = half
+            bn.weight = nn.Parameter(block.cv1.bn.weight.data[part].clone())
+            bn.bias = nn.Parameter(block.cv1.bn.bias.data[part].clone())
+            bn.running_mean = block.cv1.bn.running_mean[part].clone()
+            bn.running_var = block.cv1.bn.running_var[part].clone()
+        self.cv2, self.m = block.cv2, block.m
+        for attr in ("f", "i", "type", "np"):  # ultralytics' routing attributes
+            if hasattr(block, attr):
+                setattr(self, attr, getattr(block, attr))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = [self.cv1a(x), self.cv1b(x)]
+        for m in self.m:
+            y.append(m(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
+def split_c2f(detection_model: nn.Module) -> int:
+    """Replace every C2f-family block of an ultralytics model by :class:`SplitC2f`; returns how many."""
+    from ultralytics.nn.modules.block import C2f
+
+    layers = detection_model.model
+    count = 0
+    for i, layer in enumerate(layers):
+        if isinstance(layer, C2f) and type(layer).forward is C2f.forward:
+            layers[i] = SplitC2f(layer)
+            count += 1
+    return count
+
+
+class YOLOTrunk(nn.Module):
+    """The layers of an ultralytics model before its Detect head, routed as ultralytics routes them; returns the
+    Detect head's inputs (P3-P5). A plain module that FX can trace."""
+
+    def __init__(self, detection_model: nn.Module):
+        super().__init__()
+        self.layers = nn.ModuleList(list(detection_model.model)[:-1])
+        self.sources = [m.f for m in self.layers]
+        self.outputs = list(detection_model.model[-1].f)
+
+    def forward(self, x):
+        y = []
+        for layer, source in zip(self.layers, self.sources):
+            if source != -1:
+                x = y[source] if isinstance(source, int) else [x if j == -1 else y[j] for j in source]
+            x = layer(x)
+            y.append(x)
+        return [y[j] for j in self.outputs]
+
+
+def prune_setup(model: "YOLODetector", image: torch.Tensor):
+    """(module to trace, example input, layers to keep, output transform) for torch-pruning: the backbone and neck
+    with C2f split (:func:`split_c2f`); the Detect head keeps its widths (its first convolutions lose inputs only)."""
+    from ultralytics.nn.modules.block import C2PSA
+
+    split_c2f(model.model)
+    ignored = [model.detect] + [m for m in model.model.modules() if isinstance(m, C2PSA)]
+    for conv_list in (model.detect.cv2, model.detect.cv3):
+        for branch in conv_list:
+            ignored += list(branch)[1:]
+    return model.model, image[None], ignored, (lambda out: out[0] if isinstance(out, tuple) else out)
+
+
+# ---------------------------------------------------------------- what the family exposes (see detectors/__init__)
+def point_anchors(offset: float):
+    from detectors.fcos import point_anchors as anchors  # one definition for both anchor-free families
+    return anchors(offset)
+
+
+def yolo_tap_channels(model: "YOLODetector") -> dict[str, int]:
+    """Channels of p3-p5: the inputs of the Detect head's box branches (after pruning too)."""
+    return {f"p{i + 3}": branch[0].conv.in_channels for i, branch in enumerate(model.detect.cv2)}
+
+
+def yolo_features(model: "YOLODetector", x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A frozen teacher's p3-p5, dense class logits and DFL box bins (one row per anchor point), one pass."""
+    _, preds = model.model(x)
+    return dict(zip(("p3", "p4", "p5"), preds["feats"])) | {"dense_logits": preds["scores"].transpose(1, 2),
+                                                            "dense_boxes": preds["boxes"].transpose(1, 2)}
+
+
+def _head_output(output) -> dict:
+    return output if isinstance(output, dict) else output[1]  # train mode: the dict; eval: (inference, dict)
+
+
+FAMILY = {
+    "name": "yolo",
+    "input": "model",  # the DetectionModel's input is the image batch (no normalisation)
+    "taps": {f"p{i + 3}": {"module": "detect", "input": i, "stride": 2 ** (i + 3)} for i in range(3)},
+    "dense_logits": {"module": "detect", "pick": lambda output: _head_output(output)["scores"].transpose(1, 2)},
+    "dense_boxes": {"module": "detect", "pick": lambda output: _head_output(output)["boxes"].transpose(1, 2)},
+    "tap_channels": yolo_tap_channels,
+    "teacher": yolo_features,
+    "anchors": point_anchors(0.5),  # ultralytics puts its anchor points at (x + 0.5)·stride
+    "prune_setup": prune_setup,
+    "after_prune": lambda model, example: None,  # tap channels are read from the Detect head's convolutions
+    "pruned_parts": "backbone + neck (Detect head's outputs kept)",
+    "pruned_taps": ("p3", "p4", "p5"),
+}

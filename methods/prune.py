@@ -14,7 +14,7 @@ YOLO (ultralytics): the backbone and neck (every layer before the Detect head) a
 input channels of the head's first convolutions; the Detect head's outputs (box distributions, class logits, DFL)
 are left untouched. Ultralytics' C2f block (and C3k2, its YOLO11 subclass) splits one convolution's output in two
 halves with ``chunk``; pruning that convolution removes channels from the halves unevenly and ``chunk(2)`` then
-cuts at the wrong place (torch-pruning issue #147). :func:`split_c2f` first rewrites each such block into an
+cuts at the wrong place (torch-pruning issue #147). :func:`detectors.yolo.split_c2f` first rewrites each such block into an
 equivalent one whose two halves come from two convolutions (the original weights, cut in two), so that every
 channel has its own dependency. Blocks with other splits (YOLO11's C2PSA attention) are not pruned.
 
@@ -23,12 +23,12 @@ least that fraction) or a plain channel ratio; uniform per layer or global.
 """
 from __future__ import annotations
 
-import copy
 from typing import Callable
 
 import torch
 import torch_pruning as tp
 
+from detectors import declaration
 from methods.measure import count_gflops, count_params
 
 IMPORTANCE = {
@@ -37,59 +37,6 @@ IMPORTANCE = {
     "group_norm": lambda: tp.importance.GroupMagnitudeImportance(p=2),
     "random": lambda: tp.importance.RandomImportance(),
 }
-
-
-class SplitC2f(torch.nn.Module):
-    """C2f with ``cv1`` cut into two convolutions ``cv1a``/``cv1b`` (its output halves): the same function."""
-
-    def __init__(self, block: torch.nn.Module):
-        super().__init__()
-        half = block.cv1.conv.out_channels // 2
-        self.cv1a, self.cv1b = copy.deepcopy(block.cv1), copy.deepcopy(block.cv1)
-        for conv, part in ((self.cv1a, slice(0, half)), (self.cv1b, slice(half, 2 * half))):
-            conv.conv.weight = torch.nn.Parameter(block.cv1.conv.weight.data[part].clone())
-            conv.conv.out_channels = half
-            bn = conv.bn
-            bn.num_features = half
-            bn.weight = torch.nn.Parameter(block.cv1.bn.weight.data[part].clone())
-            bn.bias = torch.nn.Parameter(block.cv1.bn.bias.data[part].clone())
-            bn.running_mean = block.cv1.bn.running_mean[part].clone()
-            bn.running_var = block.cv1.bn.running_var[part].clone()
-        self.cv2, self.m = block.cv2, block.m
-        for attr in ("f", "i", "type", "np"):  # ultralytics' routing attributes
-            if hasattr(block, attr):
-                setattr(self, attr, getattr(block, attr))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = [self.cv1a(x), self.cv1b(x)]
-        for m in self.m:
-            y.append(m(y[-1]))
-        return self.cv2(torch.cat(y, 1))
-
-
-def split_c2f(detection_model: torch.nn.Module) -> int:
-    """Replace every C2f-family block of an ultralytics model by :class:`SplitC2f`; returns how many."""
-    from ultralytics.nn.modules.block import C2f
-
-    layers = detection_model.model
-    count = 0
-    for i, layer in enumerate(layers):
-        if isinstance(layer, C2f) and type(layer).forward is C2f.forward:
-            layers[i] = SplitC2f(layer)
-            count += 1
-    return count
-
-
-def _yolo_setup(model: torch.nn.Module, image: torch.Tensor):
-    """(module to trace, example input, ignored layers, output transform) for an ultralytics YOLO detector."""
-    from ultralytics.nn.modules.block import C2PSA
-
-    split_c2f(model.model)
-    ignored = [model.detect] + [m for m in model.model.modules() if isinstance(m, C2PSA)]
-    for conv_list in (model.detect.cv2, model.detect.cv3):  # keep the head's own widths; its inputs may shrink
-        for branch in conv_list:
-            ignored += list(branch)[1:]
-    return model.model, image[None], ignored, (lambda out: out[0] if isinstance(out, tuple) else out)
 
 
 def prune_backbone(model: torch.nn.Module, image: torch.Tensor, criterion: str = "l1",
@@ -113,12 +60,8 @@ def prune_backbone(model: torch.nn.Module, image: torch.Tensor, criterion: str =
     model.eval()
     gflops_before, _ = count_gflops(model, image)
     params_before = count_params(model)
-    yolo = type(model).__name__ == "YOLODetector"
-    if yolo:
-        traced, example, ignored, output_transform = _yolo_setup(model, image)
-    else:
-        traced, example = model.backbone, model.transform([image])[0].tensors
-        ignored, output_transform = [model.backbone.fpn], None
+    family = declaration(model)  # what to trace and keep is the detector family's knowledge
+    traced, example, ignored, output_transform = family["prune_setup"](model, image)
     pruner = tp.pruner.MetaPruner(
         traced, example, importance=IMPORTANCE[criterion](),
         pruning_ratio=0.9 if flops_reduction is not None else channel_ratio,
@@ -137,16 +80,11 @@ def prune_backbone(model: torch.nn.Module, image: torch.Tensor, criterion: str =
         if flops_reduction is not None and gflops <= gflops_before * (1 - flops_reduction):
             break
     model.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        if yolo:
-            model.eval()
-            _, preds = model.model(example)
-            channels = [f.shape[1] for f in preds["feats"]]
-        else:
-            model.backbone.body_channels = tuple(f.shape[1] for f in model.backbone.body(example).values())
-            channels = list(model.backbone.body_channels)
+    model.eval()
+    family["after_prune"](model, example)
+    tap_channels = family["tap_channels"](model)
     model.train(was_training)
     return {"gflops_before": gflops_before, "gflops_after": gflops, "params_before": params_before,
-            "params_after": count_params(model), "tap_channels_after": channels, "round_to": round_to,
-            "pruned_parts": "backbone + neck (Detect head's outputs kept)" if yolo else
-            "backbone body (FPN lateral inputs follow)"}
+            "params_after": count_params(model), "round_to": round_to,
+            "tap_channels_after": [tap_channels[t] for t in family["pruned_taps"]],
+            "pruned_parts": family["pruned_parts"]}

@@ -7,7 +7,7 @@ plain exported ResNet-18 here ("Input partition has more than one output node"),
 quantized: the backbone body and the FPN (BatchNorm folded into the convolutions); if the FPN does not trace, the
 body alone. What stays float, and why: the RPN and RoI heads (they run on variable-size proposal lists through
 torchvision ops). YOLO (ultralytics): every layer before the Detect head (backbone and neck), traced as one
-module (:class:`YOLOTrunk`, after :func:`methods.prune.split_c2f`, since C2f's ``chunk`` does not trace); the Detect
+module (:class:`detectors.yolo.YOLOTrunk`, after :func:`detectors.yolo.split_c2f`, since C2f's ``chunk`` does not trace); the Detect
 head stays float (its anchor decoding is shape-dependent code). SiLU has no int8 kernel in this path, so each
 activation is dequantized, applied in float and requantized. Quantized models run on the CPU.
 """
@@ -20,6 +20,8 @@ import torch
 from torch.ao.quantization import HistogramObserver, QConfig, QConfigMapping, \
     default_per_channel_weight_observer, default_weight_observer
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+from detectors import family_of
 
 QUANT_PATH = "torch.ao FX graph mode, x86 engine"
 
@@ -64,26 +66,6 @@ def quantize_backbone_int8(model: torch.nn.Module, calibration_images: torch.Ten
     return qmodel, info
 
 
-class YOLOTrunk(torch.nn.Module):
-    """The layers of an ultralytics model before its Detect head, routed as ultralytics routes them; returns the
-    Detect head's inputs (P3-P5). A plain module that FX can trace."""
-
-    def __init__(self, detection_model: torch.nn.Module):
-        super().__init__()
-        self.layers = torch.nn.ModuleList(list(detection_model.model)[:-1])
-        self.sources = [m.f for m in self.layers]
-        self.outputs = list(detection_model.model[-1].f)
-
-    def forward(self, x):
-        y = []
-        for layer, source in zip(self.layers, self.sources):
-            if source != -1:
-                x = y[source] if isinstance(source, int) else [x if j == -1 else y[j] for j in source]
-            x = layer(x)
-            y.append(x)
-        return [y[j] for j in self.outputs]
-
-
 class Int8YOLOModel(torch.nn.Module):
     """An int8 trunk followed by the float Detect head; ``model[-1]`` is the head, as in ultralytics' models."""
 
@@ -99,8 +81,7 @@ class Int8YOLOModel(torch.nn.Module):
 def quantize_yolo_int8(detector: torch.nn.Module, calibration_images: torch.Tensor, per_channel: bool = True,
                        batch_size: int = 8, reduce_range: bool = False) -> tuple[torch.nn.Module, dict]:
     """A CPU copy of a :class:`detectors.yolo.YOLODetector` whose backbone and neck are int8."""
-    from detectors.yolo import YOLODetector
-    from methods.prune import split_c2f
+    from detectors.yolo import YOLODetector, YOLOTrunk, split_c2f
 
     torch.backends.quantized.engine = "x86"
     source = copy.deepcopy(detector).cpu().eval()
@@ -116,7 +97,7 @@ def quantize_yolo_int8(detector: torch.nn.Module, calibration_images: torch.Tens
 def quantize_int8(model: torch.nn.Module, calibration_images: torch.Tensor, per_channel: bool = True,
                   reduce_range: bool = False) -> tuple[torch.nn.Module, dict]:
     """Int8 backbone (+ FPN or neck) of any supported detector."""
-    if type(model).__name__ == "YOLODetector":
+    if family_of(model) == "yolo":
         return quantize_yolo_int8(model, calibration_images, per_channel, reduce_range=reduce_range)
     return quantize_backbone_int8(model, calibration_images, per_channel, reduce_range=reduce_range)
 

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from methods.distill.distiller import FAMILIES, Distiller, TeacherCache, family_of
+from detectors import declaration
+from methods.distill.distiller import Distiller, TeacherCache
 from study.cost import count_gflops, latency_ms
 from study.data import DetectionData
 from study.evaluate import coco_ground_truth, coco_metrics, predict
@@ -104,7 +105,7 @@ def bench_teacher_forward(teacher: torch.nn.Module, images: torch.Tensor, device
     """Images/s of the frozen teacher's feature pass (what the distiller's cache computes) under ``no_grad`` and
     ``inference_mode`` with contiguous (NCHW) weights and input, and under ``no_grad`` in channels-last (what
     :class:`TeacherCache` uses)."""
-    features = FAMILIES[family_of(teacher)]["teacher"]
+    features = declaration(teacher)["teacher"]
     model = copy.deepcopy(teacher).to(device).eval()
     out = {}
     for label in ("no_grad", "inference_mode", "no_grad+channels_last"):

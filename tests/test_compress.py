@@ -104,7 +104,7 @@ def tiny_yolo(name="yolov8t"):
 
 
 def test_split_c2f_computes_the_same_function():
-    from methods.prune import SplitC2f, split_c2f
+    from detectors.yolo import SplitC2f, split_c2f
     model = tiny_yolo().eval()
     x = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
@@ -165,8 +165,8 @@ def briefly_trained_yolo():
 
 
 def test_yolo_int8_trunk_stays_close_to_float_and_saves(tmp_path):
-    from methods.prune import split_c2f
-    from methods.quantize import YOLOTrunk, quantize_int8
+    from detectors.yolo import YOLOTrunk, split_c2f
+    from methods.quantize import quantize_int8
     model, calibration = briefly_trained_yolo()
     qmodel, info = quantize_int8(model, calibration)
     assert info["int8_parts"] == "backbone + neck"

@@ -60,3 +60,44 @@ def test_teacher_is_larger_than_every_student():
 def test_unknown_backbone_is_named():
     with pytest.raises(ValueError, match="unknown backbone 'vgg'"):
         build_body("vgg")
+
+
+FAMILY_MODELS = [("faster_rcnn", "shallow"), ("faster_rcnn", "resnet18"), ("faster_rcnn", "resnet50"),
+                 ("fcos", "shallow"), ("fcos", "resnet18"),
+                 ("yolo", "yolov8p"), ("yolo", "yolov8t"), ("yolo", "yolov8n"), ("yolo", "yolov8s"), ("yolo", "yolo11n")]
+
+
+@pytest.mark.parametrize("family, model_name", FAMILY_MODELS)
+def test_declared_taps_match_a_real_forward(family, model_name):
+    """Every family x model: each declared tap is captured by the generic hooks with the declared channels and
+    stride, and the declared anchors cover its grid."""
+    from detectors import declaration, family_of
+    from detectors.faster_rcnn import build_faster_rcnn
+    from detectors.fcos import build_fcos
+    from detectors.yolo import build_yolo
+    from methods.distill.distiller import register_hooks
+
+    torch.manual_seed(0)
+    build = {"faster_rcnn": lambda: build_faster_rcnn(model_name, 3, fpn_channels=16, roi_dim=16),
+             "fcos": lambda: build_fcos(model_name, 3, fpn_channels=32), "yolo": lambda: build_yolo(model_name, 3)}
+    model = build[family]().eval()
+    assert family_of(model) == family
+    decl = declaration(model)
+    captured: dict = {}
+    hooks = register_hooks(model, decl, captured)
+    with torch.no_grad():
+        model([torch.rand(3, 64, 96)])
+    for h in hooks:
+        h.remove()
+    assert tuple(captured["x"].shape[-2:]) == (64, 96)
+    channels = decl["tap_channels"](model)
+    assert set(captured["taps"]) == set(decl["taps"]) == set(channels)
+    for name, tap in decl["taps"].items():
+        feat = captured["taps"][name]
+        assert feat.shape[1] == channels[name], name
+        assert (64 / feat.shape[-2], 96 / feat.shape[-1]) == (tap["stride"], tap["stride"]), name
+        if "anchors" in decl:
+            anchors = decl["anchors"](model, name, feat.shape[-2], feat.shape[-1], tap["stride"])
+            assert anchors.shape[:2] == feat.shape[-2:] and anchors.shape[-1] == 4
+    if "dense_logits" in decl:
+        assert captured["dense_logits"].shape[-1] == 3  # one logit per class at every location

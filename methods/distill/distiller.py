@@ -1,28 +1,28 @@
 """A thin distillation wrapper: a student detector, a frozen teacher of the same family, weighted loss terms.
 
 The student is trained by its own losses plus weighted distillation terms, all from its one training forward
-pass: forward hooks give its feature taps and logits. The teacher runs in eval mode under ``torch.no_grad`` on the
-same input batch. Three detector families, one plain dict of functions each (:data:`FAMILIES`):
+pass: forward hooks give its feature taps and logits. Where they are is the detector family's knowledge, declared in
+``detectors/`` (``FAMILY`` of each module); :func:`register_hooks` reads that declaration for every family:
 
-- Faster R-CNN (torchvision): taps ``c3..c5`` (backbone body) and ``p3..p5`` (FPN); Hinton KD runs the teacher's
-  box head on the teacher's FPN features pooled at the *student's* sampled proposals, so logit rows line up, and
-  compares softmax distributions (:func:`hinton_kd_loss`).
-- FCOS (torchvision): the same taps; Hinton KD on the dense sigmoid class logits at every location
-  (:func:`sigmoid_kd_loss`: a binary KL per class, since a sigmoid head has no softmax over classes).
-- YOLO (ultralytics): taps ``p3..p5`` are the neck maps the Detect head reads; Hinton KD on Detect's dense sigmoid
-  class logits at every anchor point, as for FCOS. Ultralytics sums its losses over the batch, so the
-  distillation terms of a YOLO student are multiplied by the batch size too (weights keep their meaning).
+- taps (``c3..c5`` backbone stages and ``p3..p5`` FPN levels of the torchvision families; ``p3..p5``, the neck maps
+  the Detect head reads, of YOLO), each compared with the teacher's tap of the same name;
+- Hinton KD: on a RoI head (Faster R-CNN) the teacher's box head classifies the *student's* sampled proposals, so
+  logit rows line up, and softmax distributions are compared (:func:`hinton_kd_loss`); on dense sigmoid heads
+  (FCOS, YOLO) the class logits at every location are compared per class (:func:`sigmoid_kd_loss`). Ultralytics sums
+  its losses over the batch, so the distillation terms of a YOLO student are multiplied by the batch size too.
 
-Feature methods (FitNets, AT, NST) compare the student's tap with the teacher's tap of the same name; FitNets
-maps the student's map through a 1x1 adapter first. Because the teacher is frozen (eval-mode BN, no dropout) and
-every image lies on a fixed canvas, its outputs for an (image, flip) pair never change: :class:`TeacherCache`
-computes them once and reuses them across epochs and across the runs of a study. This is exact.
+FitNets, PKD, CWD and FGFI map the student's map through a 1x1 adapter to the teacher's shape first. Because the
+teacher is frozen (eval-mode BN, no dropout) and every image lies on a fixed canvas, its outputs for an (image,
+flip) pair never change: :class:`TeacherCache` computes them once and reuses them across epochs and across the
+runs of a study. This is exact.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from detectors import declaration, module_at
+from detectors.faster_rcnn import grid_centres
 from methods.distill.adapters import FeatureAdapter
 from methods.distill.losses import (attention_transfer_loss, cwd_loss, fgfi_loss, fgfi_mask, fitnets_loss,
                                     hinton_kd_loss, ld_loss, nst_loss, nst_teacher_kernel, pkd_loss, sigmoid_kd_loss)
@@ -35,114 +35,51 @@ ANCHOR_FREE_SCALE = 8  # FGFI on anchor-free heads: one square anchor of 8 x str
 
 
 def parse_method(method: str) -> list[str]:
-    """``"hinton+at"`` -> ``["hinton", "at"]``; raises on an unknown part."""
-    parts = [p for p in method.split("+") if p]
+    """``"hinton+at"`` -> ``["hinton", "at"]``; raises on an unknown part. A variant after ``@`` (``"at@tuned"``:
+    the same method with other settings) names a row, not a method, and is dropped."""
+    parts = [p for p in method.split("@")[0].split("+") if p]
     unknown = [p for p in parts if p not in METHODS]
     if unknown or not parts:
         raise ValueError(f"unknown distillation method '{method}' (parts: {', '.join(METHODS)}, joined by '+')")
     return parts
 
 
-def family_of(model: nn.Module) -> str:
-    """'faster_rcnn', 'fcos' or 'yolo', from the model's class."""
-    name = type(model).__name__
-    if name == "YOLODetector":
-        return "yolo"
-    if name in ("FCOS", "FCOSDetector"):
-        return "fcos"
-    if hasattr(model, "roi_heads"):
-        return "faster_rcnn"
-    raise ValueError(f"no distillation support for {name}")
-
-
-# ------------------------------------------------------------------ per family: the teacher's outputs
-def _torchvision_features(teacher: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    c = teacher.backbone.body(x)
-    return {**c, **teacher.backbone.fpn(c)}
-
-
-def _fcos_features(teacher: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    feats = _torchvision_features(teacher, x)
-    logits = teacher.head.classification_head([feats[k] for k in ("p3", "p4", "p5", "p6")])
-    return feats | {"dense_logits": logits}
-
-
-def _yolo_features(teacher: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    _, preds = teacher.model(x)
-    return dict(zip(("p3", "p4", "p5"), preds["feats"])) | {"dense_logits": preds["scores"].transpose(1, 2),
-                                                            "dense_boxes": preds["boxes"].transpose(1, 2)}
-
-
-# ------------------------------------------------------------------ per family: the student's hooks
+# ------------------------------------------------------------------ one hook registrar for every family
 def _keep(captured: dict, name: str, pick):
     def hook(module, args, output):
         captured[name] = pick(args, output)
     return hook
 
 
-def _torchvision_hooks(student: nn.Module, captured: dict) -> list:
-    return [student.backbone.register_forward_hook(_keep(captured, "x", lambda a, o: a[0])),
-            student.backbone.body.register_forward_hook(_keep(captured, "body", lambda a, o: dict(o))),
-            student.backbone.fpn.register_forward_hook(_keep(captured, "fpn", lambda a, o: dict(o)))]
+def _keep_taps(captured: dict, taps: dict[str, dict]):
+    """Store each declared tap of this module: the key of its name in the output dict, or its n-th input."""
+    def hook(module, args, output):
+        store = captured.setdefault("taps", {})
+        for name, tap in taps.items():
+            store[name] = args[0][tap["input"]] if "input" in tap else output[name]
+    return hook
 
 
-def _faster_rcnn_hooks(student: nn.Module, captured: dict) -> list:
-    roi = student.roi_heads
-    return _torchvision_hooks(student, captured) + [
-        roi.box_roi_pool.register_forward_hook(_keep(captured, "proposals", lambda a, o: (a[1], a[2]))),
-        roi.box_predictor.register_forward_hook(_keep(captured, "roi_logits", lambda a, o: o[0]))]
-
-
-def _fcos_hooks(student: nn.Module, captured: dict) -> list:
-    return _torchvision_hooks(student, captured) + [
-        student.head.classification_head.register_forward_hook(_keep(captured, "dense_logits", lambda a, o: o))]
-
-
-def _yolo_hooks(student: nn.Module, captured: dict) -> list:
-    detect = student.detect
-    return [student.model.register_forward_hook(_keep(captured, "x", lambda a, o: a[0])),
-            detect.register_forward_hook(_keep(captured, "fpn", lambda a, o: dict(zip(("p3", "p4", "p5"), a[0])))),
-            detect.register_forward_hook(_keep(captured, "dense_logits", lambda a, o: (
-                o if isinstance(o, dict) else o[1])["scores"].transpose(1, 2))),
-            detect.register_forward_hook(_keep(captured, "dense_boxes", lambda a, o: (
-                o if isinstance(o, dict) else o[1])["boxes"].transpose(1, 2)))]
-
-
-# ------------------------------------------------------------------ per family: anchors (FGFI) and points (LD)
-def _level(tap: str) -> int:
-    return int(tap[1:]) - 3  # c3/p3 -> 0 (stride 8), c4/p4 -> 1, c5/p5 -> 2
-
-
-def _grid(h: int, w: int, stride: float, offset: float, device) -> torch.Tensor:
-    """Centres (H, W, 2) as (x, y) of a stride-``stride`` grid, ``offset`` cells from the corner."""
-    ys, xs = torch.meshgrid((torch.arange(h, device=device) + offset) * stride,
-                            (torch.arange(w, device=device) + offset) * stride, indexing="ij")
-    return torch.stack([xs, ys], dim=-1).float()
-
-
-def _faster_rcnn_anchors(student: nn.Module, tap: str, h: int, w: int, stride: float) -> torch.Tensor:
-    """The RPN's own anchors of the tap's level (torchvision: centred on x·stride), (H, W, A, 4)."""
-    gen = student.rpn.anchor_generator
-    level = _level(tap)
-    base = gen.generate_anchors(gen.sizes[level], gen.aspect_ratios[level]).to(next(student.parameters()).device)
-    centres = _grid(h, w, stride, 0.0, base.device).repeat(1, 1, 2)  # (H, W, 4) as x, y, x, y
-    return centres[:, :, None, :] + base[None, None]
-
-
-def _point_anchors(offset: float):
-    def anchors(student: nn.Module, tap: str, h: int, w: int, stride: float) -> torch.Tensor:
-        """Anchor-free heads: one square of ANCHOR_FREE_SCALE x stride per point, (H, W, 1, 4)."""
-        centres = _grid(h, w, stride, offset, next(student.parameters()).device)
-        half = ANCHOR_FREE_SCALE * stride / 2
-        return torch.cat([centres - half, centres + half], dim=-1)[:, :, None, :]
-    return anchors
-
-
-FAMILIES = {
-    "faster_rcnn": {"teacher": _torchvision_features, "hooks": _faster_rcnn_hooks, "anchors": _faster_rcnn_anchors},
-    "fcos": {"teacher": _fcos_features, "hooks": _fcos_hooks, "anchors": _point_anchors(0.0)},
-    "yolo": {"teacher": _yolo_features, "hooks": _yolo_hooks, "anchors": _point_anchors(0.5)},
-}
+def register_hooks(model: nn.Module, family: dict, captured: dict) -> list:
+    """Forward hooks from a family's declaration (:mod:`detectors`): the network's input (``x``), every tap
+    (``taps``), the dense logits and box bins where declared, and the RoI head's sampled proposals and logits where
+    the family has one. One training forward pass fills ``captured``."""
+    hooks = [module_at(model, family["input"]).register_forward_hook(_keep(captured, "x", lambda a, o: a[0]))]
+    by_module: dict[str, dict] = {}
+    for name, tap in family["taps"].items():
+        by_module.setdefault(tap["module"], {})[name] = tap
+    hooks += [module_at(model, path).register_forward_hook(_keep_taps(captured, taps))
+              for path, taps in by_module.items()]
+    for key in ("dense_logits", "dense_boxes"):
+        if key in family:
+            pick = family[key]["pick"]
+            hooks.append(module_at(model, family[key]["module"]).register_forward_hook(
+                _keep(captured, key, lambda a, o, pick=pick: pick(o))))
+    if "roi" in family:
+        roi = family["roi"]
+        hooks += [module_at(model, roi["pool"]).register_forward_hook(_keep(captured, "proposals", lambda a, o: (a[1], a[2]))),
+                  module_at(model, roi["predictor"]).register_forward_hook(_keep(captured, "roi_logits", lambda a, o: o[0]))]
+    return hooks
 
 
 class TeacherCache:
@@ -153,7 +90,7 @@ class TeacherCache:
         self.teacher = teacher.eval().to(memory_format=torch.channels_last)
         for p in teacher.parameters():
             p.requires_grad_(False)
-        self.family = family_of(teacher)
+        self.family = declaration(teacher)
         self.budget_bytes = budget_mb * 2**20
         self.used_bytes = 0
         self.store: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
@@ -161,7 +98,7 @@ class TeacherCache:
 
     @torch.no_grad()
     def compute(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return FAMILIES[self.family]["teacher"](self.teacher, x.contiguous(memory_format=torch.channels_last))
+        return self.family["teacher"](self.teacher, x.contiguous(memory_format=torch.channels_last))
 
     @torch.no_grad()
     def features(self, x: torch.Tensor, keys: list[tuple[int, int]] | None) -> dict[str, torch.Tensor]:
@@ -203,21 +140,23 @@ class Distiller(nn.Module):
         self.student = student
         self.teacher_cache = teacher_cache
         self.methods = methods
-        self.family = family_of(student)
-        if self.family != teacher_cache.family:
-            raise ValueError(f"a {self.family} student needs a {self.family} teacher, not {teacher_cache.family}")
-        if "ld" in methods and self.family != "yolo":
-            raise ValueError(f"ld needs a head that predicts box-edge distributions (YOLO), not {self.family}")
+        self.family = declaration(student)
+        name = self.family["name"]
+        if name != teacher_cache.family["name"]:
+            raise ValueError(f"a {name} student needs a {name} teacher, not {teacher_cache.family['name']}")
+        if "ld" in methods and "dense_boxes" not in self.family:
+            raise ValueError(f"ld needs a head that predicts box-edge distributions (YOLO), not {name}")
         self.batch_scaled = getattr(student, "losses_summed_over_batch", False)
         self._captured: dict = {}
         self._teacher_kernels: dict = {}  # NST's K(t, t) per (tap, image, flip)
-        self._hooks = FAMILIES[self.family]["hooks"](student, self._captured)
+        self._hooks = register_hooks(student, self.family, self._captured)
         self.adapters = nn.ModuleDict()
-        adapted = [(name, tap) for name in ADAPTED for tap in methods.get(name, {}).get("taps", [])]
-        if adapted:
-            s_ch, t_ch = self._tap_channels()
-            for name, tap in adapted:
-                self.adapters[self._adapter_key(name, tap)] = FeatureAdapter(s_ch[tap], t_ch[tap])
+        s_ch, t_ch = self.family["tap_channels"](student), self.family["tap_channels"](teacher_cache.teacher)
+        for method in ADAPTED:
+            for tap in methods.get(method, {}).get("taps", []):
+                if tap not in s_ch:
+                    raise ValueError(f"{name} has no feature tap '{tap}' (taps: {', '.join(s_ch)})")
+                self.adapters[self._adapter_key(method, tap)] = FeatureAdapter(s_ch[tap], t_ch[tap])
         self.steps_per_epoch = steps_per_epoch
         self.weights = {name: (0.0 if "balance" in hp else float(hp.get("weight", 1.0))) for name, hp in methods.items()}
         self._measured = {name: [0.0, 0.0, 0] for name, hp in methods.items() if "balance" in hp}  # term, det, steps
@@ -234,20 +173,6 @@ class Distiller(nn.Module):
         """Each method's weight as used after its measurement window (the raw weight when not balanced)."""
         return dict(self.weights)
 
-    def _tap_channels(self) -> tuple[dict[str, int], dict[str, int]]:
-        """Channels of every tap of the student and the teacher, from one small eval forward of each."""
-        x = torch.zeros(1, 3, 128, 128, device=next(self.student.parameters()).device)
-        was_training = self.student.training
-        with torch.no_grad():
-            self.student.eval()
-            self.student([x[0]])
-            self.student.train(was_training)
-            teacher = self.teacher_cache.compute(self._captured["x"].to(next(self.teacher_cache.teacher.parameters()).device))
-        student_taps = {**self._captured.get("body", {}), **self._captured["fpn"]}
-        self._captured.clear()
-        return ({k: v.shape[1] for k, v in student_taps.items()},
-                {k: v.shape[1] for k, v in teacher.items() if v.dim() == 4})
-
     def adapter_params(self) -> int:
         return sum(p.numel() for p in self.adapters.parameters())
 
@@ -257,12 +182,13 @@ class Distiller(nn.Module):
 
     def _hinton(self, hp: dict, teacher: dict) -> torch.Tensor:
         cap, T = self._captured, hp["temperature"]
-        if self.family == "faster_rcnn":
-            roi = self.teacher_cache.teacher.roi_heads
+        if "roi" in self.family:  # the teacher's RoI head classifies the student's sampled proposals
+            roi, model = self.family["roi"], self.teacher_cache.teacher
             proposals, image_shapes = cap["proposals"]
             with torch.no_grad():
-                pooled = roi.box_roi_pool({k: teacher[k] for k in ("p3", "p4", "p5")}, proposals, image_shapes)
-                teacher_logits, _ = roi.box_predictor(roi.box_head(pooled))
+                pool = module_at(model, roi["pool"])
+                pooled = pool({k: teacher[k] for k in pool.featmap_names}, proposals, image_shapes)
+                teacher_logits, _ = module_at(model, roi["predictor"])(module_at(model, roi["head"])(pooled))
             return hinton_kd_loss(cap["roi_logits"], teacher_logits, T)
         s, t = cap["dense_logits"], teacher["dense_logits"]
         return sigmoid_kd_loss(s.flatten(0, 1), t.flatten(0, 1).to(s.dtype), T)
@@ -273,8 +199,8 @@ class Distiller(nn.Module):
         ultralytics' loss and not exposed)."""
         s, t = self._captured["dense_boxes"], teacher["dense_boxes"].to(self._captured["dense_boxes"].dtype)
         image_h, image_w = self._captured["x"].shape[-2:]
-        points = torch.cat([_grid(f.shape[-2], f.shape[-1], image_h / f.shape[-2], 0.5, s.device).reshape(-1, 2)
-                            for f in self._captured["fpn"].values()])  # (A, 2), in the head's anchor order
+        points = torch.cat([grid_centres(f.shape[-2], f.shape[-1], image_h / f.shape[-2], 0.5, s.device).reshape(-1, 2)
+                            for f in self._captured["taps"].values()])  # (A, 2), in the head's anchor order
         rows_s, rows_t = [], []
         for n, target in enumerate(targets):
             boxes = target["boxes"].to(s.device)
@@ -288,7 +214,7 @@ class Distiller(nn.Module):
     def _fgfi_mask(self, tap: str, feat: torch.Tensor, targets: list[dict]) -> torch.Tensor:
         h, w = feat.shape[-2:]
         stride = self._captured["x"].shape[-2] / h
-        anchors = FAMILIES[self.family]["anchors"](self.student, tap, h, w, stride)
+        anchors = self.family["anchors"](self.student, tap, h, w, stride)
         psi = self.methods["fgfi"].get("psi", 0.5)
         return torch.stack([fgfi_mask(anchors, t["boxes"].to(anchors.device).float(), psi) for t in targets])
 
@@ -310,12 +236,12 @@ class Distiller(nn.Module):
             return {"kd_hinton": self._hinton(hp, teacher)}
         if name == "ld":
             return {"kd_ld": self._ld(hp, teacher, targets)}
-        cap = self._captured
-        student_taps = {**cap.get("body", {}), **cap["fpn"]}
+        student_taps = self._captured["taps"]
         terms = {}
         for tap in hp["taps"]:
             if tap not in student_taps:
-                raise ValueError(f"{self.family} has no feature tap '{tap}' (taps: {', '.join(student_taps)})")
+                raise ValueError(f"{self.family['name']} has no feature tap '{tap}' "
+                                 f"(taps: {', '.join(student_taps)})")
             s, t = student_taps[tap].contiguous(), teacher[tap]
             if name in ADAPTED:
                 s = self.adapters[self._adapter_key(name, tap)](s, t.shape[-2:])
