@@ -36,7 +36,8 @@ from study.cost import count_gflops, latency_ms
 from study.data import DetectionData
 from study.evaluate import coco_ground_truth, coco_metrics, predict
 from study.images import ImageSet, canvas_size, decode_resized, flip_batch, load_images
-from study.runner import RunSpec, Study, build_model, describe_device, detector_config, plan_detector
+from study.plan import RunSpec, detector_config, plan_detector
+from study.runner import Study, build_model, describe_device
 from study.store import read_runs
 from study.train import make_optimizer, train, warmup_cosine
 

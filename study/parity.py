@@ -17,7 +17,8 @@ import torch
 
 from study.evaluate import evaluate
 from study.reference_tools import MATCHED_SETTINGS, load_ultralytics_detector, ultralytics_train
-from study.runner import Study, describe_device, plan_runs
+from study.plan import plan_runs
+from study.runner import Study, describe_device
 from study.store import read_runs
 
 

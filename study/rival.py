@@ -21,7 +21,8 @@ import torch
 from study.cost import measure
 from study.evaluate import evaluate
 from study.reference_tools import MATCHED_SETTINGS, ultralytics_train, write_ultralytics_checkpoint
-from study.runner import RunSpec, Study, detector_config, make_run_id, plan_detector, teacher_of
+from study.plan import RunSpec, detector_config, make_run_id, plan_detector, teacher_of
+from study.runner import Study
 from study.store import read_runs, upsert_run
 
 ULTRALYTICS_DIS = 6.0  # ultralytics' default distillation weight (cfg/default.yaml: dis)

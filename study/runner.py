@@ -1,20 +1,19 @@
-"""A study: the teacher, then every (student method, seed) of a profile, each a row of ``runs.csv``.
+"""A study: the runs a profile plans (:mod:`study.plan`), each executed once and recorded as a row of ``runs.csv``.
 
-Runs are identified by a hash of everything that determines them, so running a profile again skips what already
-finished (ok or failed) and recomputes nothing; a changed hyperparameter makes a new run. A failed run is recorded
-with its reason and the study goes on.
+Running a profile again skips what already finished (ok or failed) and recomputes nothing. A failed run is recorded
+with its reason and the study goes on. Training and evaluation of a run are here; compression is
+:mod:`study.compress`; the runs are spread over worker processes by :mod:`study.parallel`; latency is timed for all
+models together at the end.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import math
 import platform
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,125 +21,17 @@ import torch
 from detectors.faster_rcnn import build_faster_rcnn
 from detectors.fcos import build_fcos
 from detectors.yolo import build_yolo, configure_ultralytics
-from methods.distill.distiller import Distiller, TeacherCache, parse_method
-from methods.prune import prune_backbone
-from methods.quantize import fp16_weights, load_int8, quantize_int8, upcast
-from study.cost import count_params, interleaved_latency, latency_ms, measure
+from methods.distill.distiller import Distiller, TeacherCache
+from methods.quantize import load_int8
+from study.compress import execute_compression
+from study.cost import interleaved_latency, latency_ms, measure
 from study.data import DetectionData, load_dataset
-from study.defaults import _merge
+from study.plan import SHAPE_KEYS, RunSpec, plan_detector, plan_runs
 from study.evaluate import evaluate
 from study.images import ImageSet, canvas_size, load_images
 from study.parallel import run_parallel, worker_count
 from study.store import append_execution, read_runs, upsert_run
 from study.train import seed_everything, train
-
-
-DETECTORS = ("faster_rcnn", "fcos", "yolo")
-TUNED_SUFFIX = "@tuned"  # "hinton@tuned": Hinton with its searched settings, beside "hinton" at default weights
-SHAPE_KEYS = {"faster_rcnn": "frcnn", "fcos": "fcos", "yolo": "yolo"}  # the hparams key of a detector's shape
-
-
-@dataclass
-class RunSpec:
-    run_id: str
-    role: str  # "teacher", "student" or "compressed"
-    backbone: str  # the backbone (Faster R-CNN, FCOS) or the model (YOLO) of the role
-    method: str  # teacher, baseline, or distillation methods joined by '+'
-    seed: int
-    hparams: dict
-    detector: str = "faster_rcnn"
-
-
-def make_run_id(detector: str, backbone: str, method: str, seed: int, hparams: dict) -> str:
-    digest = hashlib.sha1(json.dumps(hparams, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{detector}-{backbone}-{method.replace('+', '_')}-s{seed}-{digest}"
-
-
-def detector_config(profile: dict, detector: str) -> dict:
-    """One detector's teacher, student, train, distill, methods, compress and shape settings.
-
-    Faster R-CNN's are the profile's top-level keys (``frcnn`` holds its shape); another family's section
-    (``yolo``, ``fcos``) gives its own roles and shape and overrides ``train``/``distill``/``methods``.
-    """
-    if detector == "faster_rcnn":
-        return {"teacher": profile["teacher"], "student": profile["student"], "train": profile["train"],
-                "distill": profile["distill"], "methods": profile["methods"], "compress": profile["compress"],
-                "compression": profile["compression"], "shape_key": SHAPE_KEYS[detector], "shape": profile["frcnn"]}
-    if detector not in DETECTORS:
-        raise ValueError(f"unknown detector '{detector}' (known: {', '.join(DETECTORS)})")
-    section = profile[detector]
-    return {"teacher": section["teacher"], "student": section["student"],
-            "train": _merge(profile["train"], section.get("train", {})),
-            "distill": _merge(profile["distill"], section.get("distill", {})),
-            "methods": section.get("methods", profile["methods"]), "compress": section.get("compress", []),
-            "compression": profile["compression"], "shape_key": SHAPE_KEYS[detector], "shape": section["shape"]}
-
-
-def _role_name(role: dict) -> str:
-    return role.get("backbone") or role["model"]
-
-
-def teacher_of(profile: dict, seed: int) -> int:
-    """The teacher seed a student seed is paired with: teacher seeds alternate over the student seeds in order, so
-    every distilled row's (teacher, seed) cells span the teachers and its paired differences carry their variance."""
-    return profile["teacher_seeds"][profile["seeds"].index(seed) % len(profile["teacher_seeds"])]
-
-
-def plan_detector(profile: dict, detector: str, dataset_name: str, tuned: dict[str, dict] | None = None
-                  ) -> list[RunSpec]:
-    """One detector's teacher runs (one per teacher seed), then each (method, seed) student run, then its
-    compression runs (of the first teacher). A distilled student of seed s reads the teacher :func:`teacher_of`
-    gives; ``baseline-long`` is the student alone for ``long_factor`` times the epochs (the compute control).
-    ``tuned`` maps a method to ``{"distill": {...}, "source": {...}}`` from a search; those runs use the tuned
-    values."""
-    cfg = detector_config(profile, detector)
-    common = {"dataset": dataset_name, "image_size": profile["image_size"], "train": cfg["train"],
-              cfg["shape_key"]: cfg["shape"], "max_train_images": profile["max_train_images"]}
-    t = cfg["teacher"]
-    teacher_hp = common | {"role": t}
-    teachers = {seed: RunSpec(make_run_id(detector, _role_name(t), "teacher", seed, teacher_hp), "teacher",
-                              _role_name(t), "teacher", seed, teacher_hp, detector)
-                for seed in profile["teacher_seeds"]}
-    runs = list(teachers.values())
-    s = cfg["student"]
-    shared = (tuned or {}).get("baseline")  # searched shared settings: every student row trains with them
-    if shared:
-        common = common | {"train": cfg["train"] | shared["train"], "tuned_shared": shared["source"]}
-        s = s | {"epochs": shared["epochs"]}
-    for method in cfg["methods"]:
-        for seed in profile["seeds"]:
-            hp = common | {"role": s}
-            if method == "baseline-long":
-                hp["role"] = s | {"epochs": s["epochs"] * profile["long_factor"]}
-            elif method != "baseline":
-                hp["distill"] = {m: cfg["distill"][m] for m in parse_method(method)}
-                hp["teacher_run"] = teachers[teacher_of(profile, seed)].run_id
-                if tuned and method in tuned:
-                    hp["distill"], hp["tuned"] = tuned[method]["distill"], tuned[method]["source"]
-                elif method.endswith(TUNED_SUFFIX):
-                    raise ValueError(f"method '{method}' has no finished search to take its settings from")
-            runs.append(RunSpec(make_run_id(detector, _role_name(s), method, seed, hp), "student", _role_name(s), method,
-                                seed, hp, detector))
-    first_teacher = teachers[profile["teacher_seeds"][0]]
-    for method in cfg["compress"]:
-        if method not in cfg["compression"]:
-            raise ValueError(f"unknown compression method '{method}' (known: {', '.join(cfg['compression'])})")
-        comp = cfg["compression"][method]
-        hp = common | {"role": t, "compress": {k: v for k, v in comp.items() if k != "kd"},
-                       "source_run": first_teacher.run_id}
-        if "kd" in comp:
-            hp["distill"], hp["teacher_run"] = comp["kd"], first_teacher.run_id
-        seeds = profile["seeds"] if method.startswith("prune") else [first_teacher.seed]
-        for seed in seeds:
-            runs.append(RunSpec(make_run_id(detector, _role_name(t), method, seed, hp), "compressed", _role_name(t),
-                                method, seed, hp, detector))
-    return runs
-
-
-def plan_runs(profile: dict, dataset_name: str, tuned: dict[str, dict] | None = None) -> list[RunSpec]:
-    """Every detector's plan (:func:`plan_detector`), in the profile's order of ``detectors``."""
-    return [spec for detector in profile["detectors"] for spec in plan_detector(profile, detector, dataset_name,
-                                                                                  (tuned or {}).get(detector))]
 
 
 def build_model(spec: RunSpec, num_classes: int) -> torch.nn.Module:
@@ -266,65 +157,7 @@ class Study:
         return out
 
     def execute_compression(self, spec: RunSpec) -> dict:
-        """Prune (and fine-tune, plainly or distilled from the unpruned model), quantize, or halve the weights of
-        the finished source run's model."""
-        cfg, run_dir = spec.hparams["compress"], self.out_dir / "runs" / spec.run_id
-        run_dir.mkdir(parents=True, exist_ok=True)
-        model = self.load_finished(spec.hparams["source_run"])
-        seed_everything(spec.seed)  # calibration and pruning draw nothing before this; fine-tuning re-seeds
-        test_set, classes = self.image_set("test"), self.data().class_names
-        image = test_set.images[0].float().div(255)
-        details, out = {}, {}
-        eval_device, eval_model, flops_model = self.device, model, None
-        if spec.method.startswith("prune"):
-            train_set = self.image_set("train")
-            batch = train_set.images[:spec.hparams["train"]["batch_size"]].float().div(255)
-            targets = [{"boxes": train_set.boxes[i], "labels": train_set.labels[i]} for i in range(len(batch))]
-            loss_fn = lambda: sum(model(list(batch), targets).values())  # noqa: E731 - Taylor's gradients
-            finetune = dict(spec.hparams["train"], lr=cfg["finetune_lr"])
-            steps = cfg.get("iterative_steps", 1)  # prune a share, fine-tune, repeat (one-shot: 1)
-            if steps > 1 and cfg.get("flops_reduction") is None:
-                raise ValueError("iterative pruning needs a flops_reduction target")
-            per_step, train_s = [], 0.0
-            for k in range(1, steps + 1):
-                reduction = cfg.get("flops_reduction")
-                if reduction is not None:  # this step's share of the target, relative to the FLOPs left now
-                    reduction = 1 - (1 - reduction * k / steps) / (1 - reduction * (k - 1) / steps)
-                torch.manual_seed(spec.seed + k - 1)  # the random criterion
-                step = prune_backbone(model, image, cfg["criterion"], reduction, cfg.get("channel_ratio"),
-                                      cfg["global"], loss_fn=loss_fn, round_to=cfg.get("round_to"))
-                step["map_before_finetune"] = evaluate(model.to(self.device), test_set, classes, self.device)["map"]
-                epochs = max(1, cfg["finetune_epochs"] // steps + (k <= cfg["finetune_epochs"] % steps))
-                model, out["adapter_params"], result = self.train_run(spec, run_dir, model=model, epochs=epochs,
-                                                                      train_cfg=finetune)
-                per_step.append(step)
-                train_s += result["train_s"]
-            details = per_step[0] if steps == 1 else {
-                "steps": per_step, "gflops_before": per_step[0]["gflops_before"],
-                "gflops_after": per_step[-1]["gflops_after"], "params_before": per_step[0]["params_before"],
-                "params_after": per_step[-1]["params_after"], "map_before_finetune": per_step[0]["map_before_finetune"]}
-            out |= {"val_map": result["best_val_map"], "best_epoch": result["best_epoch"], "train_s": train_s}
-            torch.save(model, run_dir / "model.pt")  # the pruned architecture with its weights
-            eval_model = model
-        elif spec.method == "int8":
-            calibration = self.image_set("train").images[:cfg["calibration_images"]].float().div(255)
-            eval_model, details = quantize_int8(model, calibration, cfg["per_channel"], cfg.get("reduce_range", False))
-            eval_device, flops_model = torch.device("cpu"), model
-        elif spec.method == "fp16":
-            half = fp16_weights(model)
-            details = {"stored": "float16 weights", "cpu_inference": "upcast to float32"}
-            torch.save(half.state_dict(), run_dir / "best.pt")
-            eval_model = upcast(half)
-            details["size_mb_fp16"] = (run_dir / "best.pt").stat().st_size / 1e6
-        metrics = evaluate(eval_model.to(eval_device), test_set, classes, eval_device)
-        weights_path = None if spec.method == "fp16" else run_dir / "best.pt"  # fp16: keep the half file
-        costs = measure(eval_model, image, weights_path, flops_model)
-        self._keep_for_latency(spec)
-        if spec.method == "fp16":
-            costs["size_mb"] = details["size_mb_fp16"]
-        if flops_model is not None:  # int8 weights are packed buffers, not parameters: count the float original's
-            costs["params"] = count_params(flops_model)
-        return costs | metrics | out | {"details": json.dumps(details)}
+        return execute_compression(self, spec)
 
     # -------------------------------------------------------------- latency, measured alone, all models together
     def _spec_file(self, run_id: str) -> Path:

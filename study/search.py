@@ -27,7 +27,8 @@ from optuna.trial import TrialState
 
 from methods.distill.distiller import parse_method
 from study.cost import count_gflops
-from study.runner import RunSpec, Study, make_run_id, detector_config, plan_detector
+from study.plan import RunSpec, detector_config, make_run_id, plan_detector
+from study.runner import Study
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 TAP_CHOICES = {"faster_rcnn": ["c3,c4,c5", "c4,c5", "p3,p4,p5"], "fcos": ["c3,c4,c5", "c4,c5", "p3,p4,p5"],

@@ -18,7 +18,8 @@ import json
 from pathlib import Path
 
 from study.report import write_report
-from study.runner import TUNED_SUFFIX, Study, detector_config, plan_runs
+from study.plan import TUNED_SUFFIX, detector_config, plan_runs
+from study.runner import Study
 from study.search import best_distill, budget_summary, search
 from study.store import read_study_rows
 

@@ -14,7 +14,8 @@ import torch
 
 from study.defaults import _merge, load_profile
 from study.parallel import worker_count
-from study.runner import Study, plan_runs
+from study.plan import plan_runs
+from study.runner import Study
 from study.store import read_runs
 
 

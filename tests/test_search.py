@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from study.defaults import load_profile
-from study.runner import Study, plan_runs
+from study.plan import plan_runs
+from study.runner import Study
 from study.search import load_tuned, search
 from study.store import read_runs
 

@@ -10,7 +10,8 @@ import torch
 
 from study.defaults import _merge, load_profile
 from study.evaluate import evaluate
-from study.runner import Study, plan_runs
+from study.plan import plan_runs
+from study.runner import Study
 
 
 @pytest.fixture(scope="module")

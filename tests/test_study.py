@@ -6,7 +6,8 @@ import json
 import pytest
 
 from study.defaults import load_profile
-from study.runner import Study, plan_runs
+from study.plan import plan_runs
+from study.runner import Study
 from study.store import COLUMNS, read_runs
 
 

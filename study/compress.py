@@ -1,0 +1,102 @@
+"""The compression pipeline: a finished teacher pruned (and fine-tuned), quantized to int8, or stored in fp16.
+
+Each method is one function returning what it made (:class:`Compressed`); :func:`execute_compression` evaluates and
+measures it the same way for all three. Seeded before anything is drawn (calibration and pruning; fine-tuning
+re-seeds in :meth:`study.runner.Study.train_run`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from methods.prune import prune_backbone
+from methods.quantize import fp16_weights, quantize_int8, upcast
+from study.cost import count_params, measure
+from study.evaluate import evaluate
+from study.train import seed_everything
+
+
+@dataclass
+class Compressed:
+    model: torch.nn.Module  # as evaluated and timed
+    details: dict
+    weights_path: Path | None  # the file whose size is reported (None: saved by measure)
+    device: torch.device | None = None  # where it is evaluated (None: the study's device)
+    flops_model: torch.nn.Module | None = None  # counted for FLOPs and parameters in its place (int8)
+    results: dict = field(default_factory=dict)  # training results of a fine-tuned model
+
+
+def prune(study, spec, model: torch.nn.Module, run_dir: Path, image: torch.Tensor) -> Compressed:
+    """Structured pruning of the backbone to the FLOPs target, fine-tuned (plainly or distilled from the unpruned
+    teacher); ``iterative_steps`` > 1 prunes a share, fine-tunes, and repeats."""
+    cfg = spec.hparams["compress"]
+    test_set, classes = study.image_set("test"), study.data().class_names
+    train_set = study.image_set("train")
+    batch = train_set.images[:spec.hparams["train"]["batch_size"]].float().div(255)
+    targets = [{"boxes": train_set.boxes[i], "labels": train_set.labels[i]} for i in range(len(batch))]
+    loss_fn = lambda: sum(model(list(batch), targets).values())  # noqa: E731 - Taylor's gradients
+    finetune = dict(spec.hparams["train"], lr=cfg["finetune_lr"])
+    steps = cfg.get("iterative_steps", 1)  # prune a share, fine-tune, repeat (one-shot: 1)
+    if steps > 1 and cfg.get("flops_reduction") is None:
+        raise ValueError("iterative pruning needs a flops_reduction target")
+    per_step, train_s, results = [], 0.0, {}
+    for k in range(1, steps + 1):
+        reduction = cfg.get("flops_reduction")
+        if reduction is not None:  # this step's share of the target, relative to the FLOPs left now
+            reduction = 1 - (1 - reduction * k / steps) / (1 - reduction * (k - 1) / steps)
+        torch.manual_seed(spec.seed + k - 1)  # the random criterion
+        step = prune_backbone(model, image, cfg["criterion"], reduction, cfg.get("channel_ratio"), cfg["global"],
+                              loss_fn=loss_fn, round_to=cfg.get("round_to"))
+        step["map_before_finetune"] = evaluate(model.to(study.device), test_set, classes, study.device)["map"]
+        epochs = max(1, cfg["finetune_epochs"] // steps + (k <= cfg["finetune_epochs"] % steps))
+        model, results["adapter_params"], result = study.train_run(spec, run_dir, model=model, epochs=epochs,
+                                                                   train_cfg=finetune)
+        per_step.append(step)
+        train_s += result["train_s"]
+    details = per_step[0] if steps == 1 else {
+        "steps": per_step, "gflops_before": per_step[0]["gflops_before"],
+        "gflops_after": per_step[-1]["gflops_after"], "params_before": per_step[0]["params_before"],
+        "params_after": per_step[-1]["params_after"], "map_before_finetune": per_step[0]["map_before_finetune"]}
+    results |= {"val_map": result["best_val_map"], "best_epoch": result["best_epoch"], "train_s": train_s}
+    torch.save(model, run_dir / "model.pt")  # the pruned architecture with its weights
+    return Compressed(model, details, run_dir / "best.pt", results=results)
+
+
+def int8(study, spec, model: torch.nn.Module, run_dir: Path, image: torch.Tensor) -> Compressed:
+    """Post-training static int8 of the backbone (+ FPN or neck), calibrated on training images; CPU kernels."""
+    cfg = spec.hparams["compress"]
+    calibration = study.image_set("train").images[:cfg["calibration_images"]].float().div(255)
+    qmodel, details = quantize_int8(model, calibration, cfg["per_channel"], cfg.get("reduce_range", False))
+    return Compressed(qmodel, details, run_dir / "best.pt", device=torch.device("cpu"), flops_model=model)
+
+
+def fp16(study, spec, model: torch.nn.Module, run_dir: Path, image: torch.Tensor) -> Compressed:
+    """Weights stored in half precision (the size baseline); on the CPU they are upcast to run."""
+    half = fp16_weights(model)
+    torch.save(half.state_dict(), run_dir / "best.pt")
+    details = {"stored": "float16 weights", "cpu_inference": "upcast to float32"}
+    return Compressed(upcast(half), details, None, results={"size_mb": (run_dir / "best.pt").stat().st_size / 1e6})
+
+
+METHODS = {"prune": prune, "int8": int8, "fp16": fp16}  # prune+kd and prune-iterative are prunes
+
+
+def execute_compression(study, spec) -> dict:
+    """Compress the finished source run's model by ``spec``'s method, evaluate and measure what came out."""
+    run_dir = study.out_dir / "runs" / spec.run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model = study.load_finished(spec.hparams["source_run"])
+    seed_everything(spec.seed)
+    test_set = study.image_set("test")
+    image = test_set.images[0].float().div(255)
+    made = METHODS[spec.method.split("+")[0].split("-")[0]](study, spec, model, run_dir, image)
+    device = made.device or study.device
+    metrics = evaluate(made.model.to(device), test_set, study.data().class_names, device)
+    costs = measure(made.model, image, made.weights_path, made.flops_model)
+    if made.flops_model is not None:  # int8 weights are packed buffers, not parameters: count the float original's
+        costs["params"] = count_params(made.flops_model)
+    study._keep_for_latency(spec)
+    return costs | metrics | made.results | {"details": json.dumps(made.details)}
