@@ -106,6 +106,30 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
+# sections whose keys are names or settings of their own (a method's, a role's, a family's head), not fixed here
+OPEN_SECTIONS = {"distill", "compression", "teacher", "student", "shape", "rival", "frcnn"}
+
+
+def unknown_keys(override: dict, known: dict, prefix: str = "") -> list[str]:
+    """Dotted paths of ``override``'s keys that ``known`` (the defaults' tree) does not have, at any depth; the
+    insides of :data:`OPEN_SECTIONS` are not checked. A family section (``yolo``, ``fcos``) may also hold the
+    top-level ``train``, ``distill`` and ``methods`` keys it overrides."""
+    out = []
+    for key, value in override.items():
+        path = f"{prefix}{key}"
+        if key not in known:
+            family_override = prefix in ("yolo.", "fcos.") and key in ("train", "distill", "methods", "rival")
+            if not family_override:
+                out.append(path)
+                continue
+            known_value = DEFAULTS.get(key, {})
+        else:
+            known_value = known[key]
+        if isinstance(value, dict) and isinstance(known_value, dict) and key not in OPEN_SECTIONS:
+            out += unknown_keys(value, known_value, path + ".")
+    return out
+
+
 def load_profile(name_or_path: str) -> dict:
     """DEFAULTS overridden by the profile ``name`` (a file in study/profiles) or a YAML path."""
     path = Path(name_or_path)
@@ -115,9 +139,10 @@ def load_profile(name_or_path: str) -> dict:
         known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
         raise FileNotFoundError(f"{path}: no such profile (known: {known})")
     override = yaml.safe_load(path.read_text()) or {}
-    unknown = set(override) - set(DEFAULTS) - {"name", "description"}
+    unknown = unknown_keys(override, DEFAULTS | {"name": "", "description": ""})
     if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+        raise ValueError(f"{path}: unknown key {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)"
+                                                                   if len(unknown) > 1 else ""))
     profile = _merge(DEFAULTS, override)
     profile["name"] = override.get("name", path.stem)
     return profile
