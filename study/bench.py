@@ -279,7 +279,7 @@ def run_bench(profile: dict, out: Path, data_spec: str | None = None, device: st
         teacher_spec = plan[0]
         student_specs = {}
         for s in plan[1:]:
-            if s.role == "student":
+            if s.role == "student" and s.method != "baseline-long":  # the baseline's speed, for longer
                 student_specs.setdefault(s.method, s)
         classes_n = len(classes)
         teacher_model = build_model(teacher_spec, classes_n)
@@ -288,7 +288,7 @@ def run_bench(profile: dict, out: Path, data_spec: str | None = None, device: st
         flops = {"teacher": count_gflops(teacher_model, image)[0], "student": count_gflops(build_model(baseline, classes_n), image)[0]}
         report["flops"][detector] = flops
         jobs = [("teacher", "plain", teacher_spec, None)] + [
-            ("student", method, spec, teacher_model if method != "baseline" else None)
+            ("student", method, spec, teacher_model if "distill" in spec.hparams else None)
             for method, spec in student_specs.items()]
         for role, method, spec, teacher in jobs:
             log(f"bench: {detector} {role} {method}")

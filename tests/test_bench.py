@@ -17,7 +17,8 @@ def test_bench_writes_every_section(tmp_path):
     trained = {(t["detector"], t["role"], t["method"]) for t in saved["training"]}
     for detector in profile["detectors"]:
         assert (detector, "teacher", "plain") in trained
-        assert {(detector, "student", m) for m in profile["methods"]} <= trained
+        # baseline-long trains at the baseline's speed, for longer: not measured apart
+        assert {(detector, "student", m) for m in profile["methods"] if m != "baseline-long"} <= trained
     assert any("teacher yolov8n" in m for _, _, m in trained)  # the 3-4x FLOPs pair
     for t in saved["training"]:
         speeds = [t["img_s"]] if t["method"] in ("plain", "baseline") else [t["img_s_cache_off"], t["img_s_cache_warm"]]

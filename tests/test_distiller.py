@@ -129,17 +129,17 @@ def test_balance_measures_the_ratio_then_fixes_the_weight():
     own, raw = [], []
     for _ in range(2):  # the measurement window: pkd computed, weighted 0; at keeps its raw weight
         losses = distiller(images, targets)
-        own.append(float(sum(v for k, v in losses.items() if not k.startswith("kd_"))))
-        raw.append(sum(distiller.last_raw["pkd"].values()))
+        own.append(float(sum(v.detach() for k, v in losses.items() if not k.startswith("kd_"))))
+        raw.append(float(sum(distiller.last_raw["pkd"].values())))
         assert all(float(losses[k]) == 0.0 for k in losses if k.startswith("kd_pkd"))
-        assert float(losses["kd_at_c3"]) == pytest.approx(1000.0 * distiller.last_raw["at"]["kd_at_c3"])
+        assert float(losses["kd_at_c3"]) == pytest.approx(1000.0 * float(distiller.last_raw["at"]["kd_at_c3"]))
     weight = distiller.resolved_weights()["pkd"]
     assert weight == pytest.approx(0.5 * (sum(own) / 2) / (sum(raw) / 2), rel=1e-5)
     assert distiller.resolved_weights()["at"] == 1000.0
     losses = distiller(images, targets)  # from now on: the fixed weight
     for tap in HP["pkd"]["taps"]:
-        assert float(losses[f"kd_pkd_{tap}"]) == pytest.approx(weight * distiller.last_raw["pkd"][f"kd_pkd_{tap}"],
-                                                               rel=1e-5)
+        assert float(losses[f"kd_pkd_{tap}"]) == pytest.approx(
+            weight * float(distiller.last_raw["pkd"][f"kd_pkd_{tap}"]), rel=1e-5)
 
 
 def test_warmup_ramps_the_weight_linearly():
@@ -150,4 +150,4 @@ def test_warmup_ramps_the_weight_linearly():
     for step in range(1, 6):  # weight x step / 4, then x 1
         losses = distiller(images, targets)
         factor = min(1.0, step / 4)
-        assert float(losses["kd_at_c3"]) == pytest.approx(1000.0 * factor * distiller.last_raw["at"]["kd_at_c3"])
+        assert float(losses["kd_at_c3"]) == pytest.approx(1000.0 * factor * float(distiller.last_raw["at"]["kd_at_c3"]))

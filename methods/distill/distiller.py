@@ -161,7 +161,7 @@ class Distiller(nn.Module):
         self.weights = {name: (0.0 if "balance" in hp else float(hp.get("weight", 1.0))) for name, hp in methods.items()}
         self._measured = {name: [0.0, 0.0, 0] for name, hp in methods.items() if "balance" in hp}  # term, det, steps
         self._step = 0
-        self.last_raw: dict[str, dict[str, float]] = {}
+        self.last_raw: dict[str, dict[str, torch.Tensor]] = {}
         # balanced terms are clipped apart from the detector's own loss (study.train.backward_clipped_apart)
         self.clip_apart = bool(self._measured)
 
@@ -286,10 +286,10 @@ class Distiller(nn.Module):
         detector_loss = sum(losses.values())
         teacher = self.teacher_cache.features(self._captured["x"], keys)
         scale = len(images) if self.batch_scaled else 1
-        self.last_raw = {}  # each method's unweighted terms (times the batch scale), for logs and tests
+        self.last_raw = {}  # each method's unweighted terms (times the batch scale), detached: no host sync
         for name, hp in self.methods.items():
             raw = {k: scale * v for k, v in self._raw_terms(name, hp, teacher, targets, keys).items()}
-            self.last_raw[name] = {k: float(v.detach()) for k, v in raw.items()}
+            self.last_raw[name] = {k: v.detach() for k, v in raw.items()}
             weight = self._weight(name, hp, raw, detector_loss)
             losses |= {k: weight * v for k, v in raw.items()}
         if self.training:
