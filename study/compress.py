@@ -98,5 +98,5 @@ def execute_compression(study, spec) -> dict:
     costs = measure(made.model, image, made.weights_path, made.flops_model)
     if made.flops_model is not None:  # int8 weights are packed buffers, not parameters: count the float original's
         costs["params"] = count_params(made.flops_model)
-    study._keep_for_latency(spec)
+    study.keep_spec(spec)
     return costs | metrics | made.results | {"details": json.dumps(made.details)}

@@ -11,7 +11,7 @@ import platform
 import statistics
 from pathlib import Path
 
-from study.groups import Group, group_runs, pareto_front  # noqa: F401 - re-exported for callers of the report
+from study.groups import Group, group_runs
 from study.figures import write_figures
 from study.stats import holm, paired_summary, t_quantile
 from study.store import read_runs, read_study_rows

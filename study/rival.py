@@ -80,7 +80,7 @@ def run_rival(study: Study) -> Path:
             torch.save(model.state_dict(), run_dir / "best.pt")
             metrics = evaluate(model, test_set, data.class_names, study.device)
             costs = measure(model, test_set.images[0].float().div(255), run_dir / "best.pt")
-            study._keep_for_latency(spec)
+            study.keep_spec(spec)
             row |= costs | metrics | {"per_class_ap": json.dumps(metrics["per_class_ap"]), "status": "ok",
                                       "error": "", "train_s": round(theirs["wall_s"], 1),
                                       "wall_s": round(time.perf_counter() - started, 1)}

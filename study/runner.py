@@ -148,7 +148,7 @@ class Study:
         test_set = self.image_set("test")
         metrics = evaluate(model, test_set, self.data().class_names, self.device)
         costs = measure(model, test_set.images[0].float().div(255), self.out_dir / "runs" / spec.run_id / "best.pt")
-        self._keep_for_latency(spec)
+        self.keep_spec(spec)
         out = costs | metrics | {"adapter_params": adapter_params, "val_map": result["best_val_map"],
                                  "best_epoch": result["best_epoch"], "train_s": result["train_s"]}
         if "resolved_weights" in result:  # the weights it trained with (a balanced term's is measured)
@@ -163,7 +163,7 @@ class Study:
     def _spec_file(self, run_id: str) -> Path:
         return self.out_dir / "runs" / run_id / "spec.json"
 
-    def _keep_for_latency(self, spec: RunSpec) -> None:
+    def keep_spec(self, spec: RunSpec) -> None:
         """Keep the run's spec beside its files, so the latency pass can rebuild its model as evaluated."""
         self._spec_file(spec.run_id).write_text(json.dumps(dataclasses.asdict(spec)))
 

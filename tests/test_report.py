@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from study.report import group_runs, pareto_front, table_rows, write_report
+from study.groups import group_runs, pareto_front
+from study.report import table_rows, write_report
 from study.store import upsert_run
 
 ROOT = Path(__file__).resolve().parent.parent
