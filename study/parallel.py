@@ -79,10 +79,6 @@ class _Worker:
         self.last_teacher = None
 
 
-def _reads(spec) -> list[str]:
-    return [r for r in (spec.hparams.get("teacher_run"), spec.hparams.get("source_run")) if r]
-
-
 def run_parallel(study, todo: list, workers: int, threads: int, record) -> None:
     """Run ``todo`` ((label, spec) pairs, in plan order) on ``workers`` processes of ``threads`` threads each;
     ``record(row)`` is called here for every run as it ends."""
@@ -96,10 +92,10 @@ def run_parallel(study, todo: list, workers: int, threads: int, record) -> None:
             for w in pool:
                 if w.job is not None:
                     continue
-                ready = [job for job in pending if not any(r in unfinished for r in _reads(job[1]))]
+                ready = [job for job in pending if not any(r in unfinished for r in job[1].reads())]
                 if not ready:
                     break
-                job = next((j for j in ready if w.last_teacher and w.last_teacher in _reads(j[1])), ready[0])
+                job = next((j for j in ready if w.last_teacher and w.last_teacher in j[1].reads()), ready[0])
                 pending.remove(job)
                 w.job = job
                 w.conn.send(job)

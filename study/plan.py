@@ -30,6 +30,10 @@ class RunSpec:
     hparams: dict
     detector: str = "faster_rcnn"
 
+    def reads(self) -> list[str]:
+        """The runs whose files this run reads (its teacher, the model it compresses)."""
+        return [r for r in (self.hparams.get("teacher_run"), self.hparams.get("source_run")) if r]
+
 
 def make_run_id(detector: str, backbone: str, method: str, seed: int, hparams: dict) -> str:
     digest = hashlib.sha1(json.dumps(hparams, sort_keys=True).encode()).hexdigest()[:8]

@@ -188,8 +188,8 @@ class Study:
         all together in interleaved rounds (:func:`study.cost.interleaved_latency`), in this process with nothing
         else running, so that every latency of the table comes from one pass; returns how many were timed."""
         rows = read_runs(self.runs_csv)
-        if not any(r["status"] == "ok" and not r["cpu_ms"] for r in rows):
-            return 0
+        if not any(r["status"] == "ok" and not r["cpu_ms"] and self._spec_file(r["run_id"]).is_file() for r in rows):
+            return 0  # (a row whose model cannot be rebuilt here would otherwise re-trigger the pass forever)
         models, cuda_ok = {}, {}
         for row in rows:
             if row["status"] == "ok" and self._spec_file(row["run_id"]).is_file():
@@ -249,7 +249,7 @@ class Study:
         # finished: failed, or ok and either its checkpoint is here or no run of the plan reads it (a fresh clone
         # has the committed runs.csv but no checkpoints: it retrains the teachers the remaining runs read, and
         # keeps the committed leaf rows, so a study longer than a sitting resumes in the next one)
-        read = {r for spec in specs for r in (spec.hparams.get("teacher_run"), spec.hparams.get("source_run")) if r}
+        read = {r for spec in specs for r in spec.reads()}
         done = {r["run_id"] for r in read_runs(self.runs_csv) if r["status"] == "failed" or
                 (r["status"] == "ok" and (r["run_id"] not in read or
                                           (self.out_dir / "runs" / r["run_id"] / "best.pt").is_file()))}
