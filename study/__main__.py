@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--device", help="cpu, cuda, ...")
     bench.add_argument("--out", default="results/bench", help="output folder")
     bench.add_argument("--train-images", type=int, help="training images per measurement (default 96)")
+    bench.add_argument("--skip-scaling", action="store_true", help="leave out the study wall-time scaling runs")
     rival = sub.add_parser("rival", help="ultralytics' own trainer, plain and with distill_model=, as rows of a study")
     rival.add_argument("--profile", default="yolo", help="profile whose YOLO teacher, student, seeds are used")
     rival.add_argument("--data", help="dataset spec")
@@ -97,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             from study.bench import run_bench
             if "fcos" not in profile["detectors"]:
                 profile["detectors"] = profile["detectors"] + ["fcos"]  # benchmarked even where a profile omits it
-            settings = {"train_images": args.train_images} if args.train_images else None
+            settings = {"train_images": args.train_images} if args.train_images else {}
+            if args.skip_scaling:
+                settings["scaling_base"] = None
             run_bench(profile, Path(args.out), args.data, args.device, settings)
             print(f"wrote {Path(args.out) / 'bench.md'} and bench.json")
         elif args.command == "parity":

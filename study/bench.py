@@ -183,6 +183,7 @@ def torchvision_stock_train(model: torch.nn.Module, samples, image_size: int, cf
 # ------------------------------------------------------------------ evaluation and latency
 def bench_eval(model: torch.nn.Module, test_set: ImageSet, classes: list[str], device: torch.device) -> dict:
     gt = coco_ground_truth(test_set, classes)
+    model.eval().to(device)
     start = time.perf_counter()
     detections = predict(model, test_set, device)
     infer_s = time.perf_counter() - start
