@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--workers", type=int, help="runs at once, each in its own process (default: the profile's "
                                                   "execution.workers, auto = one per CPU core, one on a GPU)")
+    run.add_argument("--executor", choices=["local", "ray"], help="local processes (default) or a Ray cluster")
+    run.add_argument("--address", help="with --executor ray: the cluster's HOST:PORT (default: start a local Ray)")
     run.add_argument("--tuned", action="store_true", help="use each method's best search trial (see search)")
     run.add_argument("--storage", help="Optuna storage of the searches for --tuned (default: SQLite in --out)")
     search = sub.add_parser("search", help="Optuna search of a method's hyperparameters on the validation split")
@@ -85,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                 tuned = load_tuned(profile, out, args.storage)
                 found = [f"{d} {m}" for d, methods in tuned.items() for m in methods]
                 print(f"tuned hyperparameters for: {', '.join(found) or 'no method (no finished search)'}")
+            if args.executor or args.address:
+                profile["execution"] = profile["execution"] | {"executor": args.executor or "ray",
+                                                               "address": args.address}
             runs_csv = Study(profile, out, args.data, args.device, progress=not args.no_progress,
                              workers=args.workers).run(tuned=tuned)
             print(f"wrote {runs_csv} and {write_report(runs_csv, out)}")

@@ -87,9 +87,11 @@ DEFAULTS: dict = {
     # Optuna search: RDB heartbeat (a killed worker's trial is failed and retried after grace_s)
     "search": {"heartbeat_s": 10, "grace_s": 30},
     # how runs are executed: ``workers`` runs at once in their own processes (``auto``: one per
-    # ``threads_per_worker`` CPU cores, bounded by memory; one on a GPU), each with ``threads_per_worker`` torch
-    # threads; small models train faster as two 1-thread runs than as one 2-thread run (study/parallel.py)
-    "execution": {"workers": "auto", "threads_per_worker": 1},
+    # ``threads_per_worker`` CPU cores, bounded by memory; one per GPU), each with ``threads_per_worker`` torch
+    # threads; small models train faster as two 1-thread runs than as one 2-thread run (study/parallel.py).
+    # ``executor``: ``local`` (processes on this machine) or ``ray`` (actors on the Ray cluster at ``address``, None:
+    # a local Ray instance; study/cluster.py)
+    "execution": {"workers": "auto", "threads_per_worker": 1, "executor": "local", "address": None},
     # cost measurement (latency: batch 1, ``threads`` CPU threads, all models of a study timed together after
     # training in ``rounds`` interleaved rounds of ``images`` test images each, in a random order from ``seed``)
     "cost": {"threads": 2, "warmup": 2, "rounds": 5, "images": 4, "seed": 0},

@@ -2,7 +2,8 @@
 
 Running a profile again skips what already finished (ok or failed) and recomputes nothing. A failed run is recorded
 with its reason and the study goes on. Training and evaluation of a run are here; compression is
-:mod:`study.compress`; the runs are spread over worker processes by :mod:`study.parallel`; latency is timed for all
+:mod:`study.compress`; the runs are spread over worker processes by :mod:`study.parallel` (or Ray actors by
+:mod:`study.cluster`); latency is timed for all
 models together at the end.
 """
 from __future__ import annotations
@@ -257,19 +258,26 @@ class Study:
                  f"{len(done & {s.run_id for s in specs})} already finished, device {self.device}")
         todo = [(f"[{n}/{len(specs)}]", spec) for n, spec in enumerate(specs, 1) if spec.run_id not in done]
         execution = self.profile["execution"] | ({"workers": self.workers} if self.workers is not None else {})
-        workers = min(worker_count(execution, self.device), max(1, len(todo)))
         started, clock = datetime.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
-        if workers > 1:
-            run_parallel(self, todo, workers, execution["threads_per_worker"],
-                         lambda row: upsert_run(self.runs_csv, row))
+        record = lambda row: upsert_run(self.runs_csv, row)  # noqa: E731  (the driver alone writes runs.csv)
+        outcome = {"retried": []}
+        if execution["executor"] == "ray" and todo:
+            from study.cluster import run_on_ray  # Ray is imported only where it is asked for
+            outcome = run_on_ray(self, todo, execution, record)
+            workers, threads = outcome["workers"], execution["threads_per_worker"]
         else:
-            for label, spec in todo:
-                upsert_run(self.runs_csv, self.run_one(spec, label))
+            workers = min(worker_count(execution, self.device), max(1, len(todo)))
+            threads = execution["threads_per_worker"] if workers > 1 else torch.get_num_threads()
+            if workers > 1:
+                outcome = run_parallel(self, todo, workers, threads, record)
+            else:
+                for label, spec in todo:
+                    record(self.run_one(spec, label))
         self.measure_deferred_latency()
         if todo:
             append_execution(self.out_dir / "executions.csv", {
                 "started": started, "profile": self.profile["name"], "runs_planned": len(specs),
-                "runs_executed": len(todo), "workers": workers,
-                "threads_per_run": execution["threads_per_worker"] if workers > 1 else torch.get_num_threads(),
-                "device": describe_device(self.device).split(" (")[0], "wall_s": round(time.perf_counter() - clock, 1)})
+                "runs_executed": len(todo), "executor": execution["executor"], "workers": workers,
+                "threads_per_run": threads, "device": describe_device(self.device).split(" (")[0],
+                "wall_s": round(time.perf_counter() - clock, 1), "retried": " ".join(outcome["retried"])})
         return self.runs_csv

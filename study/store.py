@@ -67,15 +67,18 @@ def upsert_run(path: Path, row: dict) -> None:
     os.replace(tmp, path)
 
 
-EXECUTION_COLUMNS = ["started", "profile", "runs_planned", "runs_executed", "workers", "threads_per_run", "device",
-                     "wall_s"]
+EXECUTION_COLUMNS = ["started", "profile", "runs_planned", "runs_executed", "executor", "workers", "threads_per_run",
+                     "device", "wall_s", "retried"]
 
 
 def append_execution(path: Path, row: dict) -> None:
+    """Add one row to ``executions.csv`` (rewritten with the current columns if it has older ones)."""
     path = Path(path)
-    new = not path.is_file()
-    with path.open("a", newline="") as f:
+    rows = read_runs(path) + [row]
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=EXECUTION_COLUMNS, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in EXECUTION_COLUMNS})
+    os.replace(tmp, path)

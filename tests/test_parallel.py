@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from study.defaults import _merge, load_profile
-from study.parallel import worker_count
+from study.parallel import worker_count, worker_devices
 from study.plan import plan_runs
 from study.runner import Study
 from study.store import read_runs
@@ -34,6 +34,15 @@ def test_worker_count():
     assert worker_count({"workers": "auto", "threads_per_worker": 10**6}, cpu) == 1
     with pytest.raises(ValueError, match="execution.workers"):
         worker_count({"workers": 0, "threads_per_worker": 1}, cpu)
+
+
+def test_one_worker_per_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert worker_count({"workers": "auto", "threads_per_worker": 1}, torch.device("cuda")) == 2
+    assert worker_count({"workers": "auto", "threads_per_worker": 1}, torch.device("cuda:1")) == 1
+    assert worker_devices(3, torch.device("cuda")) == ["cuda:0", "cuda:1", "cuda:0"]
+    assert worker_devices(2, torch.device("cuda:1")) == ["cuda:1", "cuda:1"]
+    assert worker_devices(2, torch.device("cpu")) == ["cpu", "cpu"]
 
 
 def test_parallel_study_rows_dependencies_and_deferred_latency(tmp_path):
@@ -66,7 +75,7 @@ def test_parallel_study_rows_dependencies_and_deferred_latency(tmp_path):
     assert json.loads(int8["details"])  # rebuilt from its saved state for the latency
 
 
-def test_killed_worker_is_recorded_and_replaced(tmp_path):
+def test_killed_worker_is_replaced_and_its_run_retried(tmp_path):
     profile = small(detectors=["yolo"], methods=["baseline"], seeds=[0, 1, 2])
     study = Study(profile, tmp_path, progress=False, log=lambda *_: None)
     plan = plan_runs(profile, study.data().name)
@@ -84,9 +93,12 @@ def test_killed_worker_is_recorded_and_replaced(tmp_path):
     assert victim is not None and done.is_set()
     rows = read_runs(tmp_path / "runs.csv")
     assert {r["run_id"] for r in rows} == {s.run_id for s in plan}
-    died = [r for r in rows if r["status"] == "failed"]
-    assert len(died) == 1 and "WorkerDied" in died[0]["error"] and "-9" in died[0]["error"]
-    assert sum(r["status"] == "ok" for r in rows) == len(plan) - 1  # the others ran, one on the replacement
+    assert all(r["status"] == "ok" for r in rows)  # the killed run retried once (study.schedule), on a live worker
+    retried = [r for r in rows if r["error"]]
+    assert len(retried) == 1 and retried[0]["error"].startswith("ok on retry after: WorkerDied")
+    assert "exit code -9" in retried[0]["error"]
+    [execution] = read_runs(tmp_path / "executions.csv")
+    assert execution["retried"] == retried[0]["run_id"] and execution["executor"] == "local"
 
 
 def test_latency_left_by_a_killed_study_is_measured_on_resume(tmp_path, monkeypatch):
