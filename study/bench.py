@@ -16,12 +16,12 @@
 - before / after training in channels-last, for each plain teacher and student.
 
 Throughput figures are medians over the measured epochs; nothing here is a test (the tests do not time anything).
+The reference tools' loops are :mod:`study.reference_tools`'s; the tables are written by :mod:`study.bench_report`.
 """
 from __future__ import annotations
 
 import copy
 import json
-import math
 import platform
 import statistics
 import tempfile
@@ -35,11 +35,13 @@ from methods.distill.distiller import Distiller, TeacherCache
 from study.cost import count_gflops, latency_ms
 from study.data import DetectionData
 from study.evaluate import coco_ground_truth, coco_metrics, predict
-from study.images import ImageSet, canvas_size, decode_resized, flip_batch, load_images
+from study.images import ImageSet, canvas_size, flip_batch, load_images
+from study.bench_report import bench_markdown
 from study.plan import RunSpec, detector_config, plan_detector
 from study.runner import Study, build_model, describe_device
 from study.store import read_runs
-from study.train import make_optimizer, train, warmup_cosine
+from study.reference_tools import torchvision_stock_train
+from study.train import train
 
 BENCH_DEFAULTS = {"train_images": 96, "epochs": 2, "val_images": 8, "reference_epochs": 3, "eval_images": 72,
                   "scaling_base": {"max_train_images": 16, "epochs": 2, "seeds": [0]}}
@@ -125,59 +127,6 @@ def bench_teacher_forward(teacher: torch.nn.Module, images: torch.Tensor, device
                 torch.cuda.synchronize()
         out[label] = repeats * len(x) / (time.perf_counter() - start)
     return out
-
-
-# ------------------------------------------------------------------ torchvision's stock loop
-class DiskDataset(torch.utils.data.Dataset):
-    """Decode and resize each JPEG on every access, flip at random: torchvision's references' data path."""
-
-    def __init__(self, samples, image_size: int, hflip: bool, vflip: bool):
-        self.samples, self.image_size, self.hflip, self.vflip = samples, image_size, hflip, vflip
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i):
-        s = self.samples[i]
-        image, scale = decode_resized(s, self.image_size)
-        code = (int(self.hflip and torch.rand(()) < 0.5)) | (2 * int(self.vflip and torch.rand(()) < 0.5))
-        images, boxes = flip_batch(image[None], [torch.from_numpy(s.boxes).float() * scale], [code])
-        return images[0].float().div(255), {"boxes": boxes[0], "labels": torch.from_numpy(s.labels).long()}
-
-
-def _collate(batch):
-    return tuple(zip(*batch))
-
-
-def torchvision_stock_train(model: torch.nn.Module, samples, image_size: int, cfg: dict, epochs: int,
-                            device: torch.device, workers: int) -> dict:
-    """Images/s per epoch of torchvision's references/detection ``train_one_epoch`` pattern: a DataLoader with
-    ``workers`` processes, SGD, warm-up, ``loss.item()`` every step (its logger), gradient clipping as ours."""
-    model.to(device).train()
-    loader = torch.utils.data.DataLoader(DiskDataset(samples, image_size, cfg["hflip"], cfg["vflip"]),
-                                         batch_size=cfg["batch_size"], shuffle=True, num_workers=workers,
-                                         collate_fn=_collate, persistent_workers=workers > 0)
-    optimizer = make_optimizer(model, cfg)
-    total = epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, cfg["warmup_iters"]))
-    epoch_img_s = []
-    for _ in range(epochs):
-        seen, start = 0, time.perf_counter()
-        for images, targets in loader:
-            images = [im.to(device) for im in images]
-            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            losses = model(images, targets)
-            loss = sum(losses.values())
-            if not math.isfinite(loss.item()):
-                raise RuntimeError("non-finite loss")
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip_grad_norm"])
-            optimizer.step()
-            scheduler.step()
-            seen += len(images)
-        epoch_img_s.append(seen / (time.perf_counter() - start))
-    return {"epoch_img_s": epoch_img_s}
 
 
 # ------------------------------------------------------------------ evaluation and latency
@@ -385,82 +334,3 @@ def run_bench(profile: dict, out: Path, data_spec: str | None = None, device: st
     (out / "bench.json").write_text(json.dumps(report, indent=1))
     (out / "bench.md").write_text(bench_markdown(report))
     return report
-
-
-def bench_markdown(r: dict) -> str:
-    lines = [f"# Benchmark: {r['machine']}", "",
-             f"torch {r['versions']['torch']}, ultralytics {r['versions']['ultralytics']}, python "
-             f"{r['versions']['python']}; {r['torch_threads']} torch threads; {r['dataset']} at {r['image_size']} px; "
-             f"{r['settings']['train_images']} training images; our loop: {r['settings']['epochs']} epochs per plain "
-             f"measurement, 1 per distilled one; reference tools: {r['settings']['reference_epochs']} epochs, the "
-             "first dropped. "
-             f"Benchmark wall time {r['bench_wall_s'] / 60:.1f} min.", "",
-             "## Data pipeline", "",
-             "| pipeline | images/s |", "|---|---|",
-             f"| decode + resize JPEGs every epoch | {r['data']['decode_img_s']:.0f} |",
-             f"| harness: decoded once, batches cut from memory (after the first epoch) | {r['data']['cached_img_s']:.0f} |",
-             "", "## Training throughput (our loop)", "",
-             "Images/s, median over the epochs. A distilled student is measured twice: with the teacher run at every "
-             "step (cache off: a study's first epoch) and with every (image, flip) already in the teacher cache (a "
-             "study's later epochs). Overhead = the plain student's step time / the distilled step time.", "",
-             "| detector | role | model | method | img/s | img/s, teacher every step | img/s, teacher cached | "
-             "overhead, every step | overhead, cached |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    plain = {t["detector"]: t["img_s"] for t in r["training"] if t["method"] == "baseline"}
-    for t in r["training"]:
-        if "img_s" in t:
-            lines.append(f"| {t['detector']} | {t['role']} | {t['model']} | {t['method']} | {t['img_s']:.1f} | - | - "
-                         f"| - | - |")
-            continue
-        base = plain[t["detector"]]
-        off, warm = t["img_s_cache_off"], t["img_s_cache_warm"]
-        lines.append(f"| {t['detector']} | {t['role']} | {t['model']} | {t['method']} | - | {off:.1f} | {warm:.1f} | "
-                     f"{base / off:.2f}x | {base / warm:.2f}x |")
-    layout = [t for t in r["training"] if "img_s_nchw" in t]
-    if layout:
-        lines += ["", "Training memory layout (plain runs; the loop trains channels-last, results are NCHW):", "",
-                  "| detector | role | model | NCHW img/s | channels-last img/s | speed-up |", "|---|---|---|---|---|---|"]
-        lines += [f"| {t['detector']} | {t['role']} | {t['model']} | {t['img_s_nchw']:.1f} | {t['img_s']:.1f} | "
-                  f"{t['img_s'] / t['img_s_nchw']:.2f}x |" for t in layout]
-    lines += ["", "GFLOPs per image (teacher / student): " + ", ".join(
-        f"{d} {f['teacher']:.2f} / {f['student']:.2f} ({f['teacher'] / f['student']:.1f}x)" for d, f in r["flops"].items()),
-        "", "## Against the tools a user would otherwise pick (same model, images, settings, machine)", "",
-        "| detector | model | reference tool | theirs img/s | ours img/s | ours / theirs |", "|---|---|---|---|---|---|"]
-    for x in r["reference"]:
-        lines.append(f"| {x['detector']} | {x['model']} | {x['tool']} | {x['theirs_img_s']:.1f} | "
-                     f"{x['ours_img_s']:.1f} | {x['ours_img_s'] / x['theirs_img_s']:.2f}x |")
-    if r.get("teacher_forward"):
-        lines += ["", "## The teacher's feature pass (what the distiller caches), images/s", "",
-                  "| detector | teacher | NCHW, no_grad | NCHW, inference_mode | channels-last, no_grad (used) |",
-                  "|---|---|---|---|---|"]
-        for t in r["teacher_forward"]:
-            lines.append(f"| {t['detector']} | {t['model']} | {t['no_grad']:.1f} | {t['inference_mode']:.1f} | "
-                         f"{t['no_grad+channels_last']:.1f} |")
-    lines += ["", "## Evaluation and latency", "",
-              "| detector | role | model | inference s / 100 images | pycocotools s / 100 images | CPU ms (batch 1) | GPU ms |",
-              "|---|---|---|---|---|---|---|"]
-    for e, lat in zip(r["eval"], r["latency_ms"]):
-        gpu = f"{lat['gpu_ms']:.1f}" if lat["gpu_ms"] is not None else "-"
-        lines.append(f"| {e['detector']} | {e['role']} | {e['model']} | {e['inference_s_per_100']:.2f} | "
-                     f"{e['pycocotools_s_per_100']:.2f} | {lat['cpu_ms']:.1f} | {gpu} |")
-    lines += ["", "## Study wall time: how it grows", "",
-              "A small study (every detector: teacher, baseline, Hinton) at a base size and with one factor doubled; "
-              "'serial' runs one run at a time with every thread (how studies ran before worker processes).", "",
-              "| size | training images | epochs | seeds | runs | workers x threads | wall s |",
-              "|---|---|---|---|---|---|---|"]
-    for s in r["scaling"]:
-        lines.append(f"| {s['size']} | {s['train_images']} | {s['epochs']} | {s['seeds']} | {s['runs']} | "
-                     f"{s.get('workers', 1)} x {s.get('threads', '-')} | {s['wall_s']:.0f} |")
-    if r.get("default_study"):
-        lines += ["", "Last `default` study (results/default/runs.csv), summed per detector: " + "; ".join(
-            f"{d}: {v['runs']} runs, training {v['train_s'] / 60:.1f} min" +
-            (f", run wall {v['wall_s'] / 60:.1f} min ({v['wall_recorded']} runs recorded)" if v["wall_recorded"] else "")
-            for d, v in r["default_study"].items())]
-        overhead = [(d, m, t / v["method_train_s"]["baseline"]) for d, v in r["default_study"].items()
-                    if "baseline" in v.get("method_train_s", {}) for m, t in v["method_train_s"].items()
-                    if m != "baseline" and "prune" not in m]
-        if overhead:
-            lines += ["", "Whole-run distillation overhead in that study (a method's mean training time over its "
-                      "seeds / the baseline's; the teacher runs until the cache holds every (image, flip)): " +
-                      ", ".join(f"{d} {m} {x:.2f}x" for d, m, x in overhead)]
-    return "\n".join(lines) + "\n"

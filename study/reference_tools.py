@@ -25,6 +25,8 @@ import yaml
 
 from detectors.yolo import YOLO_DEFAULTS, YOLO_MODELS, YOLODetector, configure_ultralytics, yolo_model_dict
 from study.data import DetectionData
+from study.images import decode_resized, flip_batch
+from study.train import make_optimizer, warmup_cosine
 
 # ultralytics' settings that make its trainer do what the harness's YOLO recipe does
 MATCHED_SETTINGS = {
@@ -158,3 +160,55 @@ def load_ultralytics_detector(checkpoint_path: Path) -> YOLODetector:
     model = checkpoint.get("ema") or checkpoint["model"]
     model = getattr(model, "student_model", model)  # distill_model=: the student (its projector is training-only)
     return YOLODetector(model.float(), YOLO_DEFAULTS)
+
+
+class DiskDataset(torch.utils.data.Dataset):
+    """Decode and resize each JPEG on every access, flip at random: torchvision's references' data path."""
+
+    def __init__(self, samples, image_size: int, hflip: bool, vflip: bool):
+        self.samples, self.image_size, self.hflip, self.vflip = samples, image_size, hflip, vflip
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        s = self.samples[i]
+        image, scale = decode_resized(s, self.image_size)
+        code = (int(self.hflip and torch.rand(()) < 0.5)) | (2 * int(self.vflip and torch.rand(()) < 0.5))
+        images, boxes = flip_batch(image[None], [torch.from_numpy(s.boxes).float() * scale], [code])
+        return images[0].float().div(255), {"boxes": boxes[0], "labels": torch.from_numpy(s.labels).long()}
+
+
+def _collate(batch):
+    return tuple(zip(*batch))
+
+
+def torchvision_stock_train(model: torch.nn.Module, samples, image_size: int, cfg: dict, epochs: int,
+                            device: torch.device, workers: int) -> dict:
+    """Images/s per epoch of torchvision's references/detection ``train_one_epoch`` pattern: a DataLoader with
+    ``workers`` processes, SGD, warm-up, ``loss.item()`` every step (its logger), gradient clipping as ours."""
+    model.to(device).train()
+    loader = torch.utils.data.DataLoader(DiskDataset(samples, image_size, cfg["hflip"], cfg["vflip"]),
+                                         batch_size=cfg["batch_size"], shuffle=True, num_workers=workers,
+                                         collate_fn=_collate, persistent_workers=workers > 0)
+    optimizer = make_optimizer(model, cfg)
+    total = epochs * len(loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total, cfg["warmup_iters"]))
+    epoch_img_s = []
+    for _ in range(epochs):
+        seen, start = 0, time.perf_counter()
+        for images, targets in loader:
+            images = [im.to(device) for im in images]
+            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+            losses = model(images, targets)
+            loss = sum(losses.values())
+            if not math.isfinite(loss.item()):
+                raise RuntimeError("non-finite loss")
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip_grad_norm"])
+            optimizer.step()
+            scheduler.step()
+            seen += len(images)
+        epoch_img_s.append(seen / (time.perf_counter() - start))
+    return {"epoch_img_s": epoch_img_s}
