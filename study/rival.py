@@ -12,8 +12,6 @@ so the latency pass times it with the rest.
 """
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import torch
@@ -22,7 +20,6 @@ from study.cost import measure
 from study.evaluate import evaluate
 from study.reference_tools import MATCHED_SETTINGS, ultralytics_train, write_ultralytics_checkpoint
 from study.plan import RunSpec, detector_config, make_run_id, plan_detector, teacher_of
-from study.runner import Study
 from study.store import read_runs, upsert_run
 
 ULTRALYTICS_DIS = 6.0  # ultralytics' default distillation weight (cfg/default.yaml: dis)
@@ -49,46 +46,42 @@ def rival_specs(profile: dict, dataset_name: str) -> list[RunSpec]:
     return specs
 
 
-def run_rival(study: Study) -> Path:
-    """Train (or skip, when finished) the study's YOLO teachers and every rival run; returns runs.csv."""
+def execute_rival(study, spec: RunSpec) -> dict:
+    """Train one rival run with ultralytics' trainer (given the study's teacher as a checkpoint for
+    ``distill_model``), score it with the study's evaluator; the results of its ``runs.csv`` row
+    (:meth:`study.runner.Study.execute` calls this for a spec whose ``trainer`` is ``ultralytics``)."""
+    data, run_dir = study.data(), study.out_dir / "runs" / spec.run_id
+    extra = {}
+    if spec.method == "distill_model":
+        teacher = study.load_finished(spec.hparams["teacher_run"])
+        checkpoint = write_ultralytics_checkpoint(teacher, run_dir / "teacher_ultralytics.pt")
+        extra = {"distill_model": str(checkpoint), "dis": spec.hparams["dis"]}
+    theirs = ultralytics_train(data, spec.hparams["role"]["model"], study.profile["image_size"],
+                               spec.hparams["role"]["epochs"], spec.seed, spec.hparams["settings"]["batch"],
+                               run_dir / "ultralytics", device=str(study.device), extra=extra)
+    model = theirs["detector"].to(study.device)
+    torch.save(model.state_dict(), run_dir / "best.pt")
+    test_set = study.image_set("test")
+    metrics = evaluate(model, test_set, data.class_names, study.device)
+    costs = measure(model, test_set.images[0].float().div(255), run_dir / "best.pt")
+    study.keep_spec(spec)
+    return costs | metrics | {"train_s": round(theirs["wall_s"], 1)}
+
+
+def run_rival(study) -> Path:
+    """Train (or skip, when finished) the study's YOLO teachers and every rival run; returns runs.csv. The rival's
+    runs go one at a time in this process (ultralytics' trainer starts its own data-loader processes, which a
+    study's worker process, a daemon, cannot)."""
     profile, data = study.profile, study.data()
     if profile["max_train_images"]:
         raise ValueError("the rival trains on the whole train split (ultralytics reads the dataset itself); "
                          "max_train_images must be null")
     teachers = [s for s in plan_detector(profile, "yolo", data.name) if s.role == "teacher"]
-    specs = rival_specs(profile, data.name)
     study.run(teachers)  # the study's own YOLO teachers (skipped when finished)
     done = {r["run_id"] for r in read_runs(study.runs_csv)}
-    test_set = study.image_set("test")
-    for spec in specs:
-        if spec.run_id in done:
-            continue
-        run_dir = study.out_dir / "runs" / spec.run_id
-        started = time.perf_counter()
-        row = study.row_of(spec)
-        try:
-            extra = {}
-            if spec.method == "distill_model":
-                teacher = study.load_finished(spec.hparams["teacher_run"])
-                checkpoint = write_ultralytics_checkpoint(teacher, run_dir / "teacher_ultralytics.pt")
-                extra = {"distill_model": str(checkpoint), "dis": spec.hparams["dis"]}
-            theirs = ultralytics_train(data, spec.hparams["role"]["model"], profile["image_size"],
-                                       spec.hparams["role"]["epochs"], spec.seed,
-                                       spec.hparams["settings"]["batch"], run_dir / "ultralytics",
-                                       device=str(study.device), extra=extra)
-            model = theirs["detector"].to(study.device)
-            torch.save(model.state_dict(), run_dir / "best.pt")
-            metrics = evaluate(model, test_set, data.class_names, study.device)
-            costs = measure(model, test_set.images[0].float().div(255), run_dir / "best.pt")
-            study.keep_spec(spec)
-            row |= costs | metrics | {"per_class_ap": json.dumps(metrics["per_class_ap"]), "status": "ok",
-                                      "error": "", "train_s": round(theirs["wall_s"], 1),
-                                      "wall_s": round(time.perf_counter() - started, 1)}
-            study.log(f"rival {spec.run_id}: mAP {metrics['map']:.3f}")
-        except Exception as exc:  # recorded, and the rest goes on
-            message = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
-            row |= {"status": "failed", "error": message, "wall_s": round(time.perf_counter() - started, 1)}
-            study.log(f"rival {spec.run_id}: FAILED: {message}")
-        upsert_run(study.runs_csv, row)
+    specs = rival_specs(profile, data.name)
+    for n, spec in enumerate(specs, 1):
+        if spec.run_id not in done:
+            upsert_run(study.runs_csv, study.run_one(spec, f"rival [{n}/{len(specs)}]"))
     study.measure_deferred_latency()
     return study.runs_csv

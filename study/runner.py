@@ -28,6 +28,7 @@ from study.compress import execute_compression
 from study.cost import interleaved_latency, latency_ms, measure
 from study.data import DetectionData, load_dataset
 from study.plan import SHAPE_KEYS, RunSpec, plan_detector, plan_runs
+from study.rival import execute_rival
 from study.evaluate import evaluate
 from study.images import ImageSet, canvas_size, load_images
 from study.parallel import run_parallel, worker_count
@@ -145,6 +146,8 @@ class Study:
     def execute(self, spec: RunSpec) -> dict:
         if "compress" in spec.hparams:
             return self.execute_compression(spec)
+        if spec.hparams.get("trainer") == "ultralytics":  # the rival: ultralytics' own trainer (study.rival)
+            return execute_rival(self, spec)
         model, adapter_params, result = self.train_run(spec, self.out_dir / "runs" / spec.run_id)
         test_set = self.image_set("test")
         metrics = evaluate(model, test_set, self.data().class_names, self.device)
