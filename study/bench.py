@@ -156,12 +156,12 @@ def bench_scaling(profile: dict, base: dict, work: Path, data_spec: str | None) 
         size = base | change
         p = copy.deepcopy(profile)
         p.update(name="scaling", max_train_images=size["max_train_images"], max_eval_images=16, seeds=size["seeds"],
-                 methods=["baseline", "hinton"], compress=[])
+                 methods=["baseline", "hinton"])
         if size.get("serial"):  # one run at a time with every thread: how studies ran before worker processes
             p["execution"] = dict(p["execution"], workers=1)
-        for role in ("teacher", "student"):
-            p[role]["epochs"] = size["epochs"]
-            for d in ("yolo", "fcos"):
+        for d in ("faster_rcnn", "yolo", "fcos"):
+            p[d]["compress"] = []
+            for role in ("teacher", "student"):
                 p[d][role]["epochs"] = size["epochs"]
         p["train"]["val_every"] = size["epochs"]
         for d in ("yolo", "fcos"):

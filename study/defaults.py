@@ -12,8 +12,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS: dict = {
     "data": "voc:data/bccd",
     "image_size": 256,  # longer side of every image, in pixels
-    # detector families in a study; Faster R-CNN's settings are the top-level keys below, the others' are their
-    # own sections (``yolo``, ``fcos``), whose ``train`` and ``distill`` override the top-level ones
+    # detector families in a study; each has its own section below (``faster_rcnn``, ``yolo``, ``fcos``: teacher,
+    # student, shape, compress), whose ``train``, ``distill`` and ``methods`` override the top-level ones
     "detectors": ["faster_rcnn"],  # YOLO has its own profile (study/profiles/yolo.yaml says why)
     "seeds": [0, 1, 2, 3, 4],  # student rows
     # teachers, one per seed; a distilled student of the i-th seed reads teacher_seeds[i % len(teacher_seeds)]
@@ -22,14 +22,16 @@ DEFAULTS: dict = {
     "long_factor": 2,  # ``baseline-long``: the student alone for this many times its epochs (the compute control)
     "max_train_images": None,  # None: the whole train split
     "max_eval_images": None,  # None: the whole val / test split
-    # detector shapes, per role
-    "teacher": {"backbone": "resnet50", "fpn_channels": 128, "roi_dim": 512, "epochs": 20},
-    # 24 epochs: at 12 the student was still climbing (14 of 15 runs peaked at the last epoch); a 24-epoch run
-    # (seed 0, val every epoch) gained 0.4 points over its last 5 epochs (0.457 -> 0.461) against 7.5 before
-    "student": {"backbone": "shallow", "fpn_channels": 64, "roi_dim": 128, "epochs": 24},
-    "frcnn": {"anchor_sizes": [16, 32, 64, 128], "rpn_pre_nms_train": 1000, "rpn_post_nms_train": 500,
-              "rpn_pre_nms_test": 500, "rpn_post_nms_test": 200, "rpn_batch_per_image": 256,
-              "box_batch_per_image": 128},
+    # Faster R-CNN (torchvision) over a ResNet-50 teacher and a shallow student; ``shape`` is its RPN and heads
+    "faster_rcnn": {
+        "teacher": {"backbone": "resnet50", "fpn_channels": 128, "roi_dim": 512, "epochs": 20},
+        # 24 epochs: at 12 the student was still climbing (14 of 15 runs peaked at the last epoch); a 24-epoch run
+        # (seed 0, val every epoch) gained 0.4 points over its last 5 epochs (0.457 -> 0.461) against 7.5 before
+        "student": {"backbone": "shallow", "fpn_channels": 64, "roi_dim": 128, "epochs": 24},
+        "shape": {"anchor_sizes": [16, 32, 64, 128], "rpn_pre_nms_train": 1000, "rpn_post_nms_train": 500,
+                  "rpn_pre_nms_test": 500, "rpn_post_nms_test": 200, "rpn_batch_per_image": 256,
+                  "box_batch_per_image": 128},
+        "compress": []},
     # ultralytics YOLO from its own YAMLs (no weights): YOLOv8s teacher (11.1 M) trained 60 epochs, a YOLOv8n-depth
     # student at 1/16 width (yolov8p) trained 30 (at 30 epochs each, the teacher scored 0.53 validation mAP against
     # 0.52-0.54 for the 1/8-width yolov8t and 0.50 for yolov8p: no gap to distil); ultralytics' recipe (SGD 0.01 /
@@ -69,8 +71,8 @@ DEFAULTS: dict = {
         "fgfi": {"weight": 0.01, "psi": 0.5, "taps": ["p3", "p4", "p5"], "balance": 0.5},
         "ld": {"weight": 0.25, "temperature": 10.0, "balance": 0.5},  # YOLO's DFL head only
     },
-    # compression baselines applied to the trained teacher (rows next to the distilled students)
-    "compress": [],
+    # compression baselines applied to a family's trained teacher (each family's ``compress`` lists them; rows next
+    # to the distilled students); their settings:
     "compression": {
         "prune": {"criterion": "l1", "flops_reduction": 0.5, "global": False, "finetune_epochs": 4,
                   "finetune_lr": 0.005},
@@ -111,18 +113,22 @@ def _merge(base: dict, override: dict) -> dict:
 
 
 # sections whose keys are names or settings of their own (a method's, a role's, a family's head), not fixed here
-OPEN_SECTIONS = {"distill", "compression", "teacher", "student", "shape", "rival", "frcnn"}
+OPEN_SECTIONS = {"distill", "compression", "teacher", "student", "shape", "rival"}
+FAMILIES = ("faster_rcnn", "yolo", "fcos")
+# where the keys of the old layout went (Faster R-CNN's settings were top-level keys)
+MOVED = {"teacher": "faster_rcnn.teacher", "student": "faster_rcnn.student", "frcnn": "faster_rcnn.shape",
+         "compress": "faster_rcnn.compress (or yolo.compress, fcos.compress)"}
 
 
 def unknown_keys(override: dict, known: dict, prefix: str = "") -> list[str]:
     """Dotted paths of ``override``'s keys that ``known`` (the defaults' tree) does not have, at any depth; the
-    insides of :data:`OPEN_SECTIONS` are not checked. A family section (``yolo``, ``fcos``) may also hold the
-    top-level ``train``, ``distill`` and ``methods`` keys it overrides."""
+    insides of :data:`OPEN_SECTIONS` are not checked. A family section (``faster_rcnn``, ``yolo``, ``fcos``) may
+    also hold the top-level ``train``, ``distill`` and ``methods`` keys it overrides."""
     out = []
     for key, value in override.items():
         path = f"{prefix}{key}"
         if key not in known:
-            family_override = prefix in ("yolo.", "fcos.") and key in ("train", "distill", "methods", "rival")
+            family_override = prefix in [f + "." for f in FAMILIES] and key in ("train", "distill", "methods", "rival")
             if not family_override:
                 out.append(path)
                 continue
@@ -143,6 +149,10 @@ def load_profile(name_or_path: str) -> dict:
         known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
         raise FileNotFoundError(f"{path}: no such profile (known: {known})")
     override = yaml.safe_load(path.read_text()) or {}
+    moved = [k for k in override if k in MOVED]
+    if moved:
+        raise ValueError(f"{path}: top-level key {moved[0]!r} has moved to {MOVED[moved[0]]} (each detector family "
+                         "has its own section)")
     unknown = unknown_keys(override, DEFAULTS | {"name": "", "description": ""})
     if unknown:
         raise ValueError(f"{path}: unknown key {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)"

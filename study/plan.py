@@ -41,15 +41,9 @@ def make_run_id(detector: str, backbone: str, method: str, seed: int, hparams: d
 
 
 def detector_config(profile: dict, detector: str) -> dict:
-    """One detector's teacher, student, train, distill, methods, compress and shape settings.
-
-    Faster R-CNN's are the profile's top-level keys (``frcnn`` holds its shape); another family's section
-    (``yolo``, ``fcos``) gives its own roles and shape and overrides ``train``/``distill``/``methods``.
-    """
-    if detector == "faster_rcnn":
-        return {"teacher": profile["teacher"], "student": profile["student"], "train": profile["train"],
-                "distill": profile["distill"], "methods": profile["methods"], "compress": profile["compress"],
-                "compression": profile["compression"], "shape_key": SHAPE_KEYS[detector], "shape": profile["frcnn"]}
+    """One detector's teacher, student, train, distill, methods, compress and shape settings: its section
+    (``faster_rcnn``, ``yolo``, ``fcos``) gives its roles, shape and compression rows and overrides the top-level
+    ``train``/``distill``/``methods``."""
     if detector not in DETECTORS:
         raise ValueError(f"unknown detector '{detector}' (known: {', '.join(DETECTORS)})")
     section = profile[detector]

@@ -32,7 +32,7 @@ from study.rival import execute_rival
 from study.evaluate import evaluate
 from study.images import ImageSet, canvas_size, load_images
 from study.parallel import run_parallel, worker_count
-from study.store import append_execution, read_runs, upsert_run
+from study.store import append_execution, read_runs, upsert_run, upsert_runs
 from study.train import seed_everything, train
 
 
@@ -209,7 +209,7 @@ class Study:
                     row["gpu_ms"] = latency_ms(models[row["run_id"]], images[0], torch.device("cuda"),
                                                cfg["warmup"], cfg["rounds"] * len(images))
                     models[row["run_id"]].to("cpu")
-                upsert_run(self.runs_csv, row)
+        upsert_runs(self.runs_csv, [row for row in rows if row["run_id"] in timed])  # one rewrite for the pass
         self.log(f"timed {len(timed)} models in {cfg['rounds']} interleaved rounds of {len(images)} images")
         return len(timed)
 
@@ -264,7 +264,7 @@ class Study:
         started, clock = datetime.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
         record = lambda row: upsert_run(self.runs_csv, row)  # noqa: E731  (the driver alone writes runs.csv)
         outcome = {"retried": []}
-        if execution["executor"] == "ray" and todo:
+        if execution.get("executor", "local") == "ray" and todo:
             from study.cluster import run_on_ray  # Ray is imported only where it is asked for
             outcome = run_on_ray(self, todo, execution, record)
             workers, threads = outcome["workers"], execution["threads_per_worker"]
@@ -280,7 +280,7 @@ class Study:
         if todo:
             append_execution(self.out_dir / "executions.csv", {
                 "started": started, "profile": self.profile["name"], "runs_planned": len(specs),
-                "runs_executed": len(todo), "executor": execution["executor"], "workers": workers,
+                "runs_executed": len(todo), "executor": execution.get("executor", "local"), "workers": workers,
                 "threads_per_run": threads, "device": describe_device(self.device).split(" (")[0],
                 "wall_s": round(time.perf_counter() - clock, 1), "retried": " ".join(outcome["retried"])})
         return self.runs_csv

@@ -54,10 +54,17 @@ def read_study_rows(path: Path) -> list[dict]:
 
 
 def upsert_run(path: Path, row: dict) -> None:
+    upsert_runs(path, [row])
+
+
+def upsert_runs(path: Path, new_rows: list[dict]) -> None:
+    """Write ``new_rows`` into ``path`` in one atomic rewrite: a new row goes last, an updated one keeps its
+    place."""
     path = Path(path)
     rows = read_runs(path)
-    at = next((i for i, r in enumerate(rows) if r["run_id"] == row["run_id"]), len(rows))
-    rows[at:at + 1] = [row]  # a new row goes last; an updated one keeps its place
+    for row in new_rows:
+        at = next((i for i, r in enumerate(rows) if r["run_id"] == row["run_id"]), len(rows))
+        rows[at:at + 1] = [row]
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")

@@ -48,7 +48,7 @@ def test_one_worker_per_gpu(monkeypatch):
 def test_parallel_study_rows_dependencies_and_deferred_latency(tmp_path):
     profile = small(detectors=["faster_rcnn", "yolo"], methods=["baseline", "hinton", "fitnets"],
                     distill={"fitnets": {"taps": ["c9"]}},  # Faster R-CNN's FitNets run fails: no such tap
-                    yolo={"compress": ["prune", "int8", "fp16"]}, compress=["int8"],
+                    yolo={"compress": ["prune", "int8", "fp16"]}, faster_rcnn={"compress": ["int8"]},
                     compression={"prune": {"finetune_epochs": 1}})
     study = Study(profile, tmp_path, progress=False, log=lambda *_: None)
     plan = plan_runs(profile, study.data().name)

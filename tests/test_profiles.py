@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from study.defaults import PROFILE_DIR, load_profile
+from study.plan import detector_config
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
@@ -25,5 +26,17 @@ def test_unknown_key_at_any_depth_is_named(tmp_path, text, path):
 
 def test_open_sections_take_their_own_keys(tmp_path):
     profile = tmp_path / "p.yaml"
-    profile.write_text("distill: {pkd: {balance: 1.0, taps: [p4]}}\nteacher: {backbone: resnet18, epochs: 3}\n")
-    assert load_profile(str(profile))["distill"]["pkd"]["balance"] == 1.0
+    profile.write_text("distill: {pkd: {balance: 1.0, taps: [p4]}}\n"
+                       "faster_rcnn: {teacher: {backbone: resnet18, epochs: 3}, methods: [baseline]}\n")
+    loaded = load_profile(str(profile))
+    assert loaded["distill"]["pkd"]["balance"] == 1.0 and loaded["faster_rcnn"]["teacher"]["backbone"] == "resnet18"
+    assert detector_config(loaded, "faster_rcnn")["methods"] == ["baseline"]  # a family's override of the top level
+
+
+@pytest.mark.parametrize("key, where", [("teacher", "faster_rcnn.teacher"), ("frcnn", "faster_rcnn.shape"),
+                                        ("compress", "faster_rcnn.compress")])
+def test_the_old_top_level_faster_rcnn_keys_say_where_they_went(tmp_path, key, where):
+    profile = tmp_path / "old.yaml"
+    profile.write_text(f"{key}: {{}}\n")
+    with pytest.raises(ValueError, match=f"old.yaml: top-level key '{key}' has moved to {where}"):
+        load_profile(str(profile))

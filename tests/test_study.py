@@ -126,7 +126,8 @@ def test_killed_study_resumes_where_it_stopped(tmp_path):
 
 def test_compression_rows_reuse_the_teacher(smoke):
     profile, out, runs_csv = smoke
-    compress = dict(profile, compress=["prune", "prune+kd", "prune-iterative", "int8", "fp16"],
+    compress = dict(profile, faster_rcnn=dict(profile["faster_rcnn"],
+                                              compress=["prune", "prune+kd", "prune-iterative", "int8", "fp16"]),
                     compression=dict(profile["compression"],
                                      **{"prune": dict(profile["compression"]["prune"], finetune_epochs=1),
                                         "prune+kd": dict(profile["compression"]["prune+kd"], finetune_epochs=1),
