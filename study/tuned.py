@@ -9,15 +9,21 @@ Protocol (written into the report): on the validation split, with a search seed 
    and every method twice with the shared settings: at its default weights (``hinton``) and at its searched ones
    (``hinton@tuned``), so both are compared with the same baseline rows.
 Searches live in Optuna storage in the results folder (SQLite) and finished runs in its runs.csv, so a killed
-command continues where it stopped.
+command continues where it stopped. The methods' searches (step 2) are independent and go to the profile's worker
+processes, one method per worker; each search is serial in itself, so its trials do not depend on the timing of
+others (Optuna's sampler sees the same history in every rerun).
 """
 from __future__ import annotations
 
 import copy
 import json
+import multiprocessing as mp
 from pathlib import Path
 
+import torch
+
 from study.report import write_report
+from study.parallel import worker_count
 from study.plan import TUNED_SUFFIX, detector_config, plan_runs
 from study.runner import Study
 from study.search import best_distill, budget_summary, search
@@ -53,9 +59,17 @@ def run_tuned(profile: dict, out: Path, data_spec: str | None = None, device: st
         base = search(profile, "baseline", None, out, **common)
         shared = best_distill(base)
         found, spent = {"baseline": shared}, {"baseline": budget_summary(base)}
-        for method in methods:
-            st = search(profile, method, None, out, shared=shared, **common)
-            found[method + TUNED_SUFFIX], spent[method] = best_distill(st), budget_summary(st)
+        jobs = [(profile, method, out, common, shared) for method in methods]
+        workers = min(worker_count(profile["execution"], torch.device(device or "cpu")), len(jobs))
+        if workers > 1:  # the methods' searches are independent: one per worker process, each serial in itself
+            log(f"searching {len(jobs)} methods on {workers} worker processes")
+            with mp.get_context("spawn").Pool(workers, _init_worker,
+                                              (profile["execution"]["threads_per_worker"],)) as pool:
+                results = pool.map(_search_method, [(*j[:3], dict(j[3], log=None), j[4]) for j in jobs], chunksize=1)
+        else:
+            results = [_search_method(job) for job in jobs]
+        for method, best, budget in results:
+            found[method + TUNED_SUFFIX], spent[method] = best, budget
         tuned[detector], budgets[detector] = found, spent
     final = tuned_profile(profile)
     runner = Study(final, out, data_spec, device, progress=False, log=log)
@@ -66,6 +80,18 @@ def run_tuned(profile: dict, out: Path, data_spec: str | None = None, device: st
     report = write_report(runner.runs_csv, out)
     report.write_text(report.read_text() + tuning_markdown(read_study_rows(runner.runs_csv), budgets, cfg))
     return report
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _search_method(job: tuple) -> tuple[str, dict, dict]:
+    """One method's search (in a worker process, ``log`` None: it prints nothing); its best settings and budget."""
+    profile, method, out, common, shared = job
+    common = dict(common, log=common["log"] or (lambda *_: None))
+    st = search(profile, method, None, out, shared=shared, **common)
+    return method, best_distill(st), budget_summary(st)
 
 
 def tuning_markdown(rows: list[dict], budgets: dict, cfg: dict) -> str:

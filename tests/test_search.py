@@ -204,3 +204,28 @@ def test_tuned_command_equal_budgets_fresh_seeds_and_side_by_side_report(smoke_w
     assert "| faster_rcnn | hinton |" in report
     with pytest.raises(ValueError, match="search_seed 0 is also a final seed"):
         run_tuned(_merge(p, {"tuning": {"search_seed": 0}}), tmp_path, log=lambda *_: None)
+
+
+def test_tuned_searches_on_worker_processes_find_what_a_serial_run_finds(smoke_with_teacher, tmp_path):
+    """The methods' searches go one per worker process; each is serial and seeded, so the settings found and the
+    budgets spent are those of the same command run serially."""
+    import shutil
+
+    from study.defaults import _merge
+    from study.tuned import run_tuned
+
+    profile, _, out = smoke_with_teacher
+    found = {}
+    for workers in (1, 2):
+        folder = tmp_path / f"w{workers}"
+        folder.mkdir()
+        (folder / "runs.csv").write_bytes((out / "runs.csv").read_bytes())
+        shutil.copytree(out / "runs", folder / "runs")
+        p = _merge(profile, {"detectors": ["faster_rcnn"], "methods": ["baseline", "hinton", "at"],
+                             "tuning": {"budget_epochs": 2, "search_seed": 100, "pruner": "none"},
+                             "execution": {"workers": workers, "threads_per_worker": 1}})
+        run_tuned(p, folder, log=lambda *_: None)
+        tuning = json.loads((folder / "tuning.json").read_text())
+        found[workers] = (tuning["found"], {m: b["epochs"] for m, b in tuning["budgets"]["faster_rcnn"].items()})
+    assert found[1] == found[2]
+    assert set(found[2][0]["faster_rcnn"]) == {"baseline", "hinton@tuned", "at@tuned"}
