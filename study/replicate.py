@@ -7,12 +7,13 @@ would mean the design cannot be trusted yet).
 """
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
 
 from study.report import group_runs, table_rows
-from study.stats import t_quantile
+from study.stats import holm, paired_summary, t_quantile
 from study.store import read_study_rows
 
 OPPOSITE = {"significant gain": "significant loss", "significant loss": "significant gain"}
@@ -55,6 +56,39 @@ def compare(original: list[dict], replicate: list[dict]) -> list[dict]:
     return out
 
 
+def pooled(studies: list[list[dict]]) -> list[dict]:
+    """Both studies together, with the teacher as the unit: for each distilled row, every run's paired difference
+    from ``baseline`` of the same seed in its own study, averaged per teacher run; the mean over teachers with its
+    95% t-interval (k − 1 df for k teachers) and Holm over the rows of a detector. A row without a teacher
+    (``baseline-long``) has the seed as its unit. Teachers, not cells, are the unit because a method's effect
+    varies with the teacher it reads, and one study's two teachers cannot show how much."""
+    units: dict[tuple, dict] = {}
+    for i, rows in enumerate(studies):
+        ok = [r for r in rows if r["status"] == "ok"]
+        base = {(r["detector"], r["seed"]): float(r["map"]) for r in ok if r["method"] == "baseline"}
+        for r in ok:
+            if r["method"] in ("teacher", "baseline") or (r["detector"], r["seed"]) not in base:
+                continue
+            teacher = json.loads(r["hparams"]).get("teacher_run")
+            unit = (i, "teacher", teacher) if teacher else (i, "seed", r["seed"])
+            units.setdefault((r["detector"], r["method"]), {}).setdefault(unit, []).append(
+                float(r["map"]) - base[(r["detector"], r["seed"])])
+    out = []
+    for (detector, method), per_unit in units.items():
+        if {unit[0] for unit in per_unit} != set(range(len(studies))):
+            continue  # a row that only one study has
+        summary = paired_summary([statistics.fmean(v) for v in per_unit.values()])
+        out.append({"detector": detector, "method": method, "unit": next(iter(per_unit))[1],
+                    "runs": sum(len(v) for v in per_unit.values())} | summary)
+    for detector in {r["detector"] for r in out}:
+        adjusted = holm({r["method"]: r["p"] for r in out if r["detector"] == detector})
+        for r in out:
+            if r["detector"] == detector and r["method"] in adjusted:
+                r |= {"p_adj": adjusted[r["method"]]["p_adj"], "verdict": "not significant" if not adjusted[
+                    r["method"]]["reject"] else "significant gain" if r["mean"] > 0 else "significant loss"}
+    return out
+
+
 def write_replication(original_dir: Path, replicate_dir: Path, out: Path, command: str) -> Path:
     """Write the comparison as markdown to ``out`` and return its path."""
     original = read_study_rows(Path(original_dir) / "runs.csv")
@@ -83,6 +117,20 @@ def write_replication(original_dir: Path, replicate_dir: Path, out: Path, comman
         lines.append(f"| {r['detector']} | {r['backbone']} | {r['method']} | {r['mean']:.3f} ({r['n']}) | {ci} | "
                      f"{r['rep_mean']:.3f} ({r['n_rep']}) | {inside_text} | {fmt(r['delta'])}, "
                      f"{r['verdict'] or '–'} | {fmt(r['rep_delta'])}, {r['rep_verdict'] or '–'} |")
+    both = pooled([original, replicate])
+    if both:
+        lines += ["", "## Both studies pooled, the teacher as the unit", "",
+                  "Each run's difference from `baseline` of the same seed in its own study, averaged per teacher; the "
+                  "mean over the teachers of both studies with its 95% t-interval (k − 1 df); Holm over the rows of a "
+                  "detector. `baseline-long` reads no teacher: its unit is the seed.", "",
+                  "| Detector | Method | Units (runs) | Δ (pts) | 95% CI | p | Holm p | Verdict |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in sorted(both, key=lambda r: (r["detector"], r["method"])):
+            ci = "–" if r["low"] is None else f"[{r['low'] * 100:+.2f}, {r['high'] * 100:+.2f}]"
+            p = lambda v: "–" if v is None else f"{v:.3g}"
+            lines.append(f"| {r['detector']} | {r['method']} | {r['n']} {r['unit']}s ({r['runs']}) | "
+                         f"{r['mean'] * 100:+.2f} | {ci} | {p(r['p'])} | {p(r.get('p_adj'))} | "
+                         f"{r.get('verdict', '–')} |")
     out = Path(out)
     out.write_text("\n".join(lines) + "\n")
     return out

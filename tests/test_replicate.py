@@ -6,7 +6,7 @@ import json
 import pytest
 
 from study.__main__ import main
-from study.replicate import compare, mean_interval
+from study.replicate import compare, mean_interval, pooled
 from study.store import read_runs, upsert_run
 
 
@@ -57,3 +57,18 @@ def test_cli_writes_replication_md_and_refuses_shared_seeds(studies, tmp_path):
     assert "| faster_rcnn | shallow | hinton | 0.460 (3) | [0.435, 0.485] | 0.380 (3) | **no** |" in text
     assert "flipped between significant gain and significant loss: 1 (faster_rcnn hinton)" in text
     assert main(["replicate", "--original", str(original), "--replicate", str(original)]) == 2  # same seeds
+
+
+def test_pooled_over_both_studies_with_the_teacher_as_the_unit(studies):
+    original, replicate = studies
+    rows = {r["method"]: r for r in pooled([read_runs(original / "runs.csv"), read_runs(replicate / "runs.csv")])}
+    # at - baseline per seed: original -0.02 x 3 (teachers t0: seeds 0, 2; t1: seed 1); replicate -0.025 (t2),
+    # -0.015 (t3), -0.02 (t2). Teacher means: -0.02, -0.02, -0.0225, -0.015: mean -0.019375, sd 0.0031458,
+    # 95% CI -0.019375 +- 3.18245 x 0.0031458 / 2 = [-0.024381, -0.014369]
+    at = rows["at"]
+    assert (at["n"], at["runs"], at["unit"]) == (4, 6, "teacher")
+    assert at["mean"] == pytest.approx(-0.019375)
+    assert (at["low"], at["high"]) == (pytest.approx(-0.024381, abs=1e-6), pytest.approx(-0.014369, abs=1e-6))
+    # hinton: +0.05, +0.05 (original teachers), -0.03, -0.03 (replicate): mean +0.01, not significant
+    assert rows["hinton"]["mean"] == pytest.approx(0.01) and rows["hinton"]["verdict"] == "not significant"
+    assert at["verdict"] == "significant loss" and at["p_adj"] == pytest.approx(min(1.0, 2 * at["p"]))
