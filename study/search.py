@@ -15,6 +15,7 @@ the total was reached by other workers is marked failed ("budget reached") and n
 from __future__ import annotations
 
 import csv
+import datetime
 import json
 import time
 import warnings
@@ -107,6 +108,39 @@ def study_name(profile: dict, detector: str, method: str) -> str:
     return f"{profile['name']}-{detector}-{method}"
 
 
+def fail_orphans(study: optuna.Study, storage, grace_s: float) -> list[int]:
+    """Fail, and hand to the stale-trial callback (which retries them), RUNNING trials that never recorded a
+    heartbeat and started over ``grace_s`` ago: their worker died between creating the trial and its first heartbeat
+    (the heartbeat thread records one as it starts). Optuna's own stale check reads heartbeats only, so such a trial
+    would stay RUNNING for ever and count against the budget. Returns the trial numbers failed."""
+    if not isinstance(storage, RDBStorage) or storage.heartbeat_interval is None:
+        return []
+    from optuna.storages._rdb import models  # the heartbeat table; Optuna has no public reader of it
+
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return []
+    session = storage.scoped_session()
+    try:
+        beating = {h.trial_id for h in session.query(models.TrialHeartbeatModel).filter(
+            models.TrialHeartbeatModel.trial_id.in_([t._trial_id for t in running]))}
+    finally:
+        storage.scoped_session.remove()
+    now, failed = datetime.datetime.now(), []
+    callback = storage.get_heartbeat_stale_trial_callback()
+    for t in running:
+        if t._trial_id in beating or t.datetime_start is None or (now - t.datetime_start).total_seconds() <= grace_s:
+            continue
+        try:
+            if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                failed.append(t.number)
+                if callback is not None:
+                    callback(study, study._storage.get_trial(t._trial_id))
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
+            pass
+    return failed
+
+
 def _create_study(storage, name: str, multi_objective: bool, pruner: str, seed: int) -> optuna.Study:
     """Create or load the study (retried, see :func:`_retried`)."""
     if multi_objective:
@@ -159,6 +193,7 @@ def search(profile: dict, method: str, n_trials: int | None, out_dir: Path, stor
     limit = n_trials if budget_epochs is None else budget_epochs
 
     def objective(trial: optuna.Trial):
+        fail_orphans(study, storage, search_cfg["grace_s"])  # before counting what is still running
         if budget_epochs is None:
             active = [t.number for t in study.get_trials(deepcopy=False, states=FINISHED + (TrialState.RUNNING,))]
             if sorted(active).index(trial.number) >= n_trials:
@@ -202,6 +237,7 @@ def search(profile: dict, method: str, n_trials: int | None, out_dir: Path, stor
         if spent(st) >= limit:
             st.stop()
 
+    fail_orphans(study, storage, search_cfg["grace_s"])
     if spent(study) < limit:
         study.optimize(objective, n_trials=(n_trials * 3 if budget_epochs is None else 10_000),
                        callbacks=[stop_at_budget], catch=(BudgetReached,), gc_after_trial=True)

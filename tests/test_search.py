@@ -17,12 +17,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
 
 from study.defaults import load_profile
 from study.plan import plan_runs
 from study.runner import Study
-from study.search import load_tuned, search
+from study.search import fail_orphans, load_tuned, open_storage, search
 from study.store import read_runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -209,23 +210,44 @@ def test_tuned_command_equal_budgets_fresh_seeds_and_side_by_side_report(smoke_w
 def test_tuned_searches_on_worker_processes_find_what_a_serial_run_finds(smoke_with_teacher, tmp_path):
     """The methods' searches go one per worker process; each is serial and seeded, so the settings found and the
     budgets spent are those of the same command run serially."""
-    import shutil
-
     from study.defaults import _merge
     from study.tuned import run_tuned
 
     profile, _, out = smoke_with_teacher
     found = {}
-    for workers in (1, 2):
-        folder = tmp_path / f"w{workers}"
-        folder.mkdir()
-        (folder / "runs.csv").write_bytes((out / "runs.csv").read_bytes())
-        shutil.copytree(out / "runs", folder / "runs")
-        p = _merge(profile, {"detectors": ["faster_rcnn"], "methods": ["baseline", "hinton", "at"],
-                             "tuning": {"budget_epochs": 2, "search_seed": 100, "pruner": "none"},
-                             "execution": {"workers": workers, "threads_per_worker": 1}})
-        run_tuned(p, folder, log=lambda *_: None)
-        tuning = json.loads((folder / "tuning.json").read_text())
-        found[workers] = (tuning["found"], {m: b["epochs"] for m, b in tuning["budgets"]["faster_rcnn"].items()})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the serial run with the one thread each worker has (thread counts change float sums)
+    try:
+        for workers in (1, 2):
+            folder = tmp_path / f"w{workers}"
+            folder.mkdir()
+            (folder / "runs.csv").write_bytes((out / "runs.csv").read_bytes())
+            shutil.copytree(out / "runs", folder / "runs")
+            p = _merge(profile, {"detectors": ["faster_rcnn"], "methods": ["baseline", "hinton", "at"],
+                                 "tuning": {"budget_epochs": 2, "search_seed": 100, "pruner": "none"},
+                                 "execution": {"workers": workers, "threads_per_worker": 1}})
+            run_tuned(p, folder, log=lambda *_: None)
+            tuning = json.loads((folder / "tuning.json").read_text())
+            found[workers] = (tuning["found"], {m: b["epochs"] for m, b in tuning["budgets"]["faster_rcnn"].items()})
+    finally:
+        torch.set_num_threads(threads)
     assert found[1] == found[2]
     assert set(found[2][0]["faster_rcnn"]) == {"baseline", "hinton@tuned", "at@tuned"}
+
+
+def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried(tmp_path):
+    """Optuna's stale check skips a RUNNING trial without any heartbeat (its worker died right after creating it);
+    left alone it would stay RUNNING and count against the budget for ever."""
+    storage = open_storage(None, tmp_path, heartbeat_s=1, grace_s=1)
+    study = optuna.create_study(study_name="s", storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
+    orphan = study.ask()  # RUNNING, and no heartbeat: the trial of a worker killed at once
+    orphan.suggest_float("x", 0, 1)
+    alive = study.ask()
+    storage.record_heartbeat(alive._trial_id)  # a live worker's trial
+    assert fail_orphans(study, storage, grace_s=60) == []  # too recent to judge
+    time.sleep(1.2)
+    assert fail_orphans(study, storage, grace_s=1) == [orphan.number]
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states[orphan.number] == optuna.trial.TrialState.FAIL and states[alive.number] == optuna.trial.TrialState.RUNNING
+    [retry] = [t for t in study.get_trials(deepcopy=False) if t.system_attrs.get("failed_trial") == orphan.number]
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.params == orphan.params and "x" in retry.params
