@@ -27,6 +27,7 @@ import torch
 from study.schedule import run_jobs
 
 PLACE_TIMEOUT_S = 300  # a study with no live worker gives up on placing one after this long
+MAX_START_FAILURES = 5  # workers that fail to start (a broken node) are replaced this many times in all
 
 
 @ray.remote(max_restarts=0, max_task_retries=0)
@@ -70,6 +71,7 @@ class RayPool:
         self.slots: list[_Slot] = []
         self.placing: dict = {}  # ref of actor.node() -> actor
         self.last_progress = time.monotonic()
+        self.start_failures = 0
         for _ in range(workers):
             self._place()
 
@@ -94,8 +96,12 @@ class RayPool:
                 cause = str(exc).strip().splitlines()[-1][:300]
                 if "not the driver's results folder" in str(exc):
                     raise RuntimeError(cause) from None
-                self.study.log(f"a worker failed to start ({cause}); placing another")
-                self._place()
+                self.start_failures += 1
+                if self.start_failures <= MAX_START_FAILURES:
+                    self.study.log(f"a worker failed to start ({cause}); placing another")
+                    self._place()
+                else:
+                    self.study.log(f"a worker failed to start ({cause}); {MAX_START_FAILURES} have, no more placed")
 
     def idle(self) -> list:
         self._collect(0)
