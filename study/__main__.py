@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {write_replication(Path(args.original), Path(args.replicate), out, command)}")
         else:
             print(f"wrote {write_report(Path(args.runs), Path(args.out))}")
-    except (DataError, FileNotFoundError, ValueError) as exc:
+    except (DataError, FileNotFoundError, ValueError, ConnectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

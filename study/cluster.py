@@ -168,8 +168,14 @@ def run_on_ray(study, todo: list, execution: dict, record) -> dict:
     address = execution.get("address")
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=study.log is print,
-                 logging_level="warning")
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=study.log is print,
+                     logging_level="warning")
+        except ConnectionError as exc:  # Ray's own message names neither cause below
+            raise ConnectionError(
+                f"cannot join the Ray cluster at {address}: it is not up, or its nodes use token authentication "
+                f"(`ray start` turns it on when ~/.ray/auth_token exists; a driver given an address does not): "
+                f"set RAY_AUTH_MODE the same on the nodes and here (docs/cluster.md)") from exc
     study.out_dir.mkdir(parents=True, exist_ok=True)
     marker = f".driver-{secrets.token_hex(4)}"
     (study.out_dir / marker).write_text(f"{os.getpid()}\n")

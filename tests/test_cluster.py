@@ -37,7 +37,10 @@ def _free_port() -> int:
 
 def _ray_node(temp: Path, *args: str) -> subprocess.Popen:
     """``ray start ... --block`` in its own process group (so that killing the group kills the node)."""
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    # Explicit auth mode: Ray 2.60's `ray start` turns token auth on whenever ~/.ray/auth_token exists (any earlier
+    # local ray.init() writes one), while a driver given an address does not, so the test would hang on a machine
+    # that once ran Ray locally. On a loopback-only network namespace no one else can reach these nodes.
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
     return subprocess.Popen([RAY, "start", "--block", "--num-cpus", "1", "--node-ip-address", "127.0.0.1",
                              "--object-store-memory", str(80 * 2**20), "--temp-dir", str(temp),
                              "--disable-usage-stats", *args], cwd=REPO, env=env, start_new_session=True,
