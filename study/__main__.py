@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
                                                   "execution.workers, auto = one per CPU core, one on a GPU)")
     run.add_argument("--executor", choices=["local", "ray"], help="local processes (default) or a Ray cluster")
     run.add_argument("--address", help="with --executor ray: the cluster's HOST:PORT (default: start a local Ray)")
+    run.add_argument("--reuse", action="append", default=[], metavar="DIR",
+                     help="copy finished runs with the same run ids from another results folder (repeatable)")
     run.add_argument("--tuned", action="store_true", help="use each method's best search trial (see search)")
     run.add_argument("--storage", help="Optuna storage of the searches for --tuned (default: SQLite in --out)")
     search = sub.add_parser("search", help="Optuna search of a method's hyperparameters on the validation split")
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     tuned.add_argument("--device", help="cpu, cuda, ...")
     tuned.add_argument("--out", help="results folder (default: results/<profile>)")
     tuned.add_argument("--storage", help="Optuna storage (default: SQLite in --out)")
+    tuned.add_argument("--reuse", action="append", default=[], metavar="DIR",
+                       help="copy finished runs with the same run ids (teachers, ...) from another results folder")
     replicate = sub.add_parser("replicate", help="compare a study with its rerun on disjoint seeds: REPLICATION.md")
     replicate.add_argument("--original", default="results/default", help="the original study's folder")
     replicate.add_argument("--replicate", default="results/replication", help="the rerun's folder")
@@ -90,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.executor or args.address:
                 profile["execution"] = profile["execution"] | {"executor": args.executor or "ray",
                                                                "address": args.address}
-            runs_csv = Study(profile, out, args.data, args.device, progress=not args.no_progress,
-                             workers=args.workers).run(tuned=tuned)
+            study = Study(profile, out, args.data, args.device, progress=not args.no_progress, workers=args.workers)
+            for source in args.reuse:
+                copied = study.reuse(Path(source), tuned)
+                print(f"reused {len(copied)} finished run(s) of {source}")
+            runs_csv = study.run(tuned=tuned)
             print(f"wrote {runs_csv} and {write_report(runs_csv, out)}")
         elif args.command == "search":
             from study.search import search as run_search
@@ -100,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                             budget_epochs=args.budget_epochs, seed=args.seed)
             print(f"search '{st.study_name}': {len(st.trials)} trials in storage; report in {out / 'search'}")
         elif args.command == "bench":
-            from study.bench import run_bench
+            from study.bench.benchmarks import run_bench
             if "fcos" not in profile["detectors"]:
                 profile["detectors"] = profile["detectors"] + ["fcos"]  # benchmarked even where a profile omits it
             settings = {"train_images": args.train_images} if args.train_images else {}
@@ -109,14 +116,14 @@ def main(argv: list[str] | None = None) -> int:
             run_bench(profile, Path(args.out), args.data, args.device, settings)
             print(f"wrote {Path(args.out) / 'bench.md'} and bench.json")
         elif args.command == "parity":
-            from study.parity import run_parity_seeds
+            from study.bench.parity import run_parity_seeds
             r = run_parity_seeds(profile, args.model, args.image_size, args.epochs, args.seeds, Path(args.out),
                                  args.data, args.device)
             print(f"harness mAP {r['harness']['map_mean']:.3f}, ultralytics mAP {r['ultralytics']['map_mean']:.3f} "
                   f"({r['difference_points_mean']:+.2f} points); wrote {Path(args.out) / 'parity.md'}")
         elif args.command == "tuned":
             from study.tuned import run_tuned
-            print(f"wrote {run_tuned(profile, out, args.data, args.device, args.storage)}")
+            print(f"wrote {run_tuned(profile, out, args.data, args.device, args.storage, reuse=args.reuse)}")
         elif args.command == "rival":
             from study.rival import run_rival
             from study.runner import Study

@@ -185,8 +185,7 @@ def run_on_ray(study, todo: list, execution: dict, record) -> dict:
         pool = RayPool(study, workers, execution["threads_per_worker"], gpus, marker)
         study.log(f"Ray at {address or 'a local instance'}: {workers} worker actor(s), "
                   f"{'1 GPU' if gpus else str(execution['threads_per_worker']) + ' CPU thread(s)'} each")
-        result = run_jobs(todo, pool, record, lambda spec, message: study.row_of(spec) | {"status": "failed",
-                                                                                          "error": message}, study.log)
+        result = run_jobs(todo, pool, record, study.row_of, study.log)
         return result | {"workers": workers}
     finally:
         (study.out_dir / marker).unlink(missing_ok=True)

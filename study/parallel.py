@@ -161,5 +161,4 @@ def run_parallel(study, todo: list, workers: int, threads: int, record) -> dict:
     pool = LocalPool(study, worker_devices(workers, study.device), threads)
     study.log(f"{len(pool.workers)} worker processes, {threads} thread(s) each; latency is measured at the end, "
               "alone")
-    return run_jobs(todo, pool, record, lambda spec, message: study.row_of(spec) | {"status": "failed",
-                                                                                    "error": message}, study.log)
+    return run_jobs(todo, pool, record, study.row_of, study.log)

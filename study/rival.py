@@ -2,7 +2,7 @@
 distillation (``distill_model=``, ultralytics 8.4), as rows of a study.
 
 Same data and splits (a YOLO-format view of the study's), image size, epochs, seeds and recipe as the parity check
-(:data:`study.reference_tools.MATCHED_SETTINGS`); the teacher is the study's own YOLO teacher of the seed's pairing
+(:data:`study.bench.reference_tools.MATCHED_SETTINGS`); the teacher is the study's own YOLO teacher of the seed's pairing
 (:func:`study.runner.teacher_of`), handed to ultralytics as a checkpoint; ``dis`` is ultralytics' default weight
 (6.0) unless the profile's ``yolo.rival.dis`` says otherwise. Each trained student is scored by the study's
 evaluator and written to the study's ``runs.csv`` under backbone ``<model>@ultralytics`` with method ``baseline``
@@ -18,7 +18,7 @@ import torch
 
 from study.cost import measure
 from study.evaluate import evaluate
-from study.reference_tools import MATCHED_SETTINGS, ultralytics_train, write_ultralytics_checkpoint
+from study.bench.reference_tools import MATCHED_SETTINGS, ultralytics_train, write_ultralytics_checkpoint
 from study.plan import RunSpec, detector_config, make_run_id, plan_detector, teacher_of
 from study.store import read_runs, upsert_run
 

@@ -32,7 +32,7 @@ from study.rival import execute_rival
 from study.evaluate import evaluate
 from study.images import ImageSet, canvas_size, load_images
 from study.parallel import run_parallel, worker_count
-from study.store import append_execution, read_runs, upsert_run, upsert_runs
+from study.store import append_execution, read_runs, reuse_runs, upsert_run, upsert_runs
 from study.train import seed_everything, train
 
 
@@ -245,6 +245,12 @@ class Study:
                     "wall_s": round(time.perf_counter() - started, 1)}
             self.log(f"{label} {spec.run_id}: FAILED: {message}")
         return row
+
+    def reuse(self, source: Path, tuned: dict[str, dict] | None = None, specs: list[RunSpec] | None = None
+              ) -> list[str]:
+        """Copy the finished runs of the results folder ``source`` that this study plans (:func:`reuse_runs`)."""
+        specs = specs if specs is not None else plan_runs(self.profile, self.data().name, tuned)
+        return reuse_runs(source, self.out_dir, {s.run_id for s in specs})
 
     def run(self, specs: list[RunSpec] | None = None, tuned: dict[str, dict] | None = None) -> Path:
         """Run ``specs`` (default: the profile's plan, with ``tuned`` hyperparameters where given)."""

@@ -46,10 +46,14 @@ def choose(candidates: list[Job], worker, live_nodes: set) -> Job | None:
     return (warm or usable)[0]
 
 
-def run_jobs(todo: list[tuple[str, RunSpec]], pool, record, failed_row, log=print) -> dict:
+def run_jobs(todo: list[tuple[str, RunSpec]], pool, record, row_of, log=print) -> dict:
     """Run ``todo`` ((label, spec) pairs in plan order) on ``pool``; ``record(row)`` is called here for every run
-    as it ends; ``failed_row(spec, message)`` makes the row of a run that could not finish. Returns
-    ``{"retried": [run ids]}``."""
+    as it ends; ``row_of(spec)`` gives a run's identifying columns, to which a run that could not finish adds
+    ``status: failed`` and the reason. Returns ``{"retried": [run ids]}``."""
+
+    def failed_row(spec: RunSpec, message: str) -> dict:
+        return row_of(spec) | {"status": "failed", "error": message}
+
     pending = [Job(label, spec) for label, spec in todo]
     unfinished = {j.spec.run_id for j in pending}
     retried = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from pathlib import Path
 
 COLUMNS = ["run_id", "profile", "dataset", "detector", "backbone", "method", "hparams", "seed", "params",
@@ -89,3 +90,27 @@ def append_execution(path: Path, row: dict) -> None:
         for r in rows:
             writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in EXECUTION_COLUMNS})
     os.replace(tmp, path)
+
+
+def reuse_runs(source: Path, out: Path, run_ids: set[str]) -> list[str]:
+    """Copy the finished (``ok``) runs of the results folder ``source`` whose ids are in ``run_ids`` and that ``out``
+    has not finished: their rows into ``out/runs.csv`` and their folders (without ``last.pt``, a resume point only)
+    into ``out/runs/``. A run id names its whole spec (data, seeds, settings) and a run is deterministic given it,
+    so the copy is the run that would be trained here. A row whose folder is missing in ``source`` (a fresh clone
+    has rows but no checkpoints) is copied alone; the resume rule then retrains it if another run reads it. Each
+    row keeps its ``profile`` (the study that trained it). Returns the ids copied."""
+    source, out = Path(source), Path(out)
+    if not (source / "runs.csv").is_file():
+        raise FileNotFoundError(f"{source / 'runs.csv'}: no runs to reuse")
+    have = {r["run_id"] for r in read_runs(out / "runs.csv") if r["status"] == "ok"}
+    rows = [r for r in read_runs(source / "runs.csv")
+            if r["status"] == "ok" and r["run_id"] in run_ids and r["run_id"] not in have]
+    for row in rows:
+        folder = source / "runs" / row["run_id"]
+        if folder.is_dir():
+            shutil.copytree(folder, out / "runs" / row["run_id"], ignore=shutil.ignore_patterns("last.pt"),
+                            dirs_exist_ok=True)
+    if rows:
+        out.mkdir(parents=True, exist_ok=True)
+        upsert_runs(out / "runs.csv", rows)
+    return [r["run_id"] for r in rows]

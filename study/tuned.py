@@ -45,12 +45,16 @@ def tuned_profile(profile: dict) -> dict:
 
 
 def run_tuned(profile: dict, out: Path, data_spec: str | None = None, device: str | None = None,
-              storage: str | None = None, log=print) -> Path:
-    """Search every method (same budget), then train the final rows; returns REPORT.md."""
+              storage: str | None = None, log=print, reuse: list | None = None) -> Path:
+    """Search every method (same budget), then train the final rows; returns REPORT.md. ``reuse``: results folders
+    whose finished runs of the profile's plan (its teachers) are copied first (:func:`study.store.reuse_runs`)."""
     cfg, out = profile["tuning"], Path(out)
     if cfg["search_seed"] in profile["seeds"]:
         raise ValueError(f"tuning.search_seed {cfg['search_seed']} is also a final seed {profile['seeds']}: "
                          "a search seed must never report")
+    for source in reuse or []:
+        copied = Study(profile, out, data_spec, device, progress=False, log=log).reuse(Path(source))
+        log(f"reused {len(copied)} finished run(s) of {source}")
     tuned, budgets = {}, {}
     for detector in profile["detectors"]:
         methods = [m for m in detector_config(profile, detector)["methods"] if m not in ("baseline", "baseline-long")]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from study.bench import bench_scaling, run_bench
+from study.bench.benchmarks import bench_scaling, run_bench
 from study.defaults import load_profile
 
 

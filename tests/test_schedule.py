@@ -60,8 +60,8 @@ class ScriptedPool:
         self.closed = True
 
 
-def failed_row(s, message):
-    return {"run_id": s.run_id, "status": "failed", "error": message}
+def row_of(s):
+    return {"run_id": s.run_id}
 
 
 def test_ready_waits_for_every_read_run():
@@ -85,7 +85,7 @@ def test_runs_follow_dependencies_and_teacher_affinity():
     rows = []
     todo = [(str(i), s) for i, s in enumerate([spec("t1"), spec("t2"), spec("s1", "t1"), spec("s2", "t2"),
                                                spec("s3", "t1"), spec("s4", "t2")])]
-    assert run_jobs(todo, pool, rows.append, failed_row, log=lambda *_: None) == {"retried": []}
+    assert run_jobs(todo, pool, rows.append, row_of, log=lambda *_: None) == {"retried": []}
     assert pool.log[:2] == [("a", "t1"), ("b", "t2")]  # no student before its teacher ended
     assert [name for name, r in pool.log if r in ("s1", "s3")] == ["a", "a"]  # a keeps t1's students
     assert [name for name, r in pool.log if r in ("s2", "s4")] == ["b", "b"]
@@ -95,7 +95,7 @@ def test_runs_follow_dependencies_and_teacher_affinity():
 def test_a_dead_workers_run_is_retried_once_on_another_node():
     pool = ScriptedPool([Worker("a", "n1"), Worker("b", "n2")], deaths={("a", "t")}, lost={"n1"})
     rows, lines = [], []
-    out = run_jobs([("1", spec("t")), ("2", spec("u"))], pool, rows.append, failed_row, log=lines.append)
+    out = run_jobs([("1", spec("t")), ("2", spec("u"))], pool, rows.append, row_of, log=lines.append)
     assert out == {"retried": ["t"]}
     assert pool.log == [("a", "t"), ("b", "u"), ("b", "t")]
     [t] = [r for r in rows if r["run_id"] == "t"]
@@ -106,7 +106,7 @@ def test_a_dead_workers_run_is_retried_once_on_another_node():
 def test_a_second_death_records_the_run_failed_with_both_reasons():
     pool = ScriptedPool([Worker("a", "n1")], deaths={("a", "t"), ("a'", "t")})
     rows = []
-    out = run_jobs([("1", spec("t")), ("2", spec("s", "t"))], pool, rows.append, failed_row, log=lambda *_: None)
+    out = run_jobs([("1", spec("t")), ("2", spec("s", "t"))], pool, rows.append, row_of, log=lambda *_: None)
     assert out == {"retried": ["t"]}
     assert rows[0] == {"run_id": "t", "status": "failed", "error": "WorkerDied: a; WorkerDied: a'"}
     assert rows[1]["run_id"] == "s"  # still handed out: a real student run then fails on its own (no teacher)
@@ -116,6 +116,6 @@ def test_a_second_death_records_the_run_failed_with_both_reasons():
 def test_runs_left_when_no_worker_can_be_placed_are_recorded_failed():
     pool = ScriptedPool([Worker("a", "n1")], deaths={("a", "t")}, lost={"n1"})
     rows = []
-    run_jobs([("1", spec("t")), ("2", spec("u"))], pool, rows.append, failed_row, log=lambda *_: None)
+    run_jobs([("1", spec("t")), ("2", spec("u"))], pool, rows.append, row_of, log=lambda *_: None)
     assert [(r["run_id"], r["status"]) for r in rows] == [("t", "failed"), ("u", "failed")]
     assert all(r["error"].startswith("NoWorker") for r in rows)

@@ -131,7 +131,7 @@ def test_ultralytics_own_trainer_runs_offline_in_its_folder(tiny_voc, tmp_path, 
     """The reference trainer used by the parity check and the benchmark: no network, no files elsewhere, even
     with a relative output folder (ultralytics would put that under its own runs/ folder)."""
     from study.data import load_dataset
-    from study.reference_tools import ultralytics_train
+    from study.bench.reference_tools import ultralytics_train
 
     data = load_dataset(f"voc:{tiny_voc}")
     monkeypatch.chdir(tmp_path)

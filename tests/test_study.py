@@ -181,3 +181,23 @@ def test_fresh_clone_retrains_only_the_teachers_the_plan_reads(smoke, tmp_path):
     study.execute = lambda spec: calls.append(spec.method) or dict(stub)
     study.run()
     assert calls == []
+
+
+def test_reused_runs_are_not_retrained_and_only_planned_ones_are_copied(smoke, tmp_path):
+    profile, out, runs_csv = smoke
+    from study.store import reuse_runs
+    sub = dict(profile, detectors=["faster_rcnn"], methods=["baseline", "hinton"])
+    study = Study(sub, tmp_path, progress=False, log=lambda *_: None)
+    planned = {s.run_id for s in plan_runs(sub, study.data().name)}
+    source = {r["run_id"]: r for r in read_runs(runs_csv)}
+    assert study.reuse(out) and reuse_runs(out, tmp_path, planned) == []  # a second copy adds nothing
+    copied = {r["run_id"]: r for r in read_runs(tmp_path / "runs.csv")}
+    assert set(copied) == planned and all(copied[k] == source[k] for k in copied)  # rows as they were
+    teacher = next(k for k in copied if "-teacher-" in k)
+    assert (tmp_path / "runs" / teacher / "best.pt").is_file() and not (tmp_path / "runs" / teacher / "last.pt").exists()
+    calls = []
+    study.execute = lambda spec: calls.append(spec)
+    study.run()
+    assert calls == []  # the hinton rows read the copied teacher: nothing retrained
+    with pytest.raises(FileNotFoundError, match="no runs to reuse"):
+        reuse_runs(tmp_path / "nowhere", tmp_path, planned)

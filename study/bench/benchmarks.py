@@ -16,7 +16,7 @@
 - before / after training in channels-last, for each plain teacher and student.
 
 Throughput figures are medians over the measured epochs; nothing here is a test (the tests do not time anything).
-The reference tools' loops are :mod:`study.reference_tools`'s; the tables are written by :mod:`study.bench_report`.
+The reference tools' loops are :mod:`study.bench.reference_tools`'s; the tables are written by :mod:`study.bench.markdown`.
 """
 from __future__ import annotations
 
@@ -36,11 +36,11 @@ from study.cost import count_gflops, latency_ms
 from study.data import DetectionData
 from study.evaluate import coco_ground_truth, coco_metrics, predict
 from study.images import ImageSet, canvas_size, flip_batch, load_images
-from study.bench_report import bench_markdown
+from study.bench.markdown import bench_markdown
 from study.plan import RunSpec, detector_config, plan_detector
 from study.runner import Study, build_model, describe_device
 from study.store import read_runs
-from study.reference_tools import torchvision_stock_train
+from study.bench.reference_tools import torchvision_stock_train
 from study.train import train
 
 BENCH_DEFAULTS = {"train_images": 96, "epochs": 2, "val_images": 8, "reference_epochs": 3, "eval_images": 72,
@@ -306,7 +306,7 @@ def run_bench(profile: dict, out: Path, data_spec: str | None = None, device: st
                                         "theirs_img_s": statistics.median(r["epoch_img_s"][1:]),
                                         "ours_img_s": ours["img_s"]})
     if "yolo" in profile["detectors"]:
-        from study.reference_tools import ultralytics_train
+        from study.bench.reference_tools import ultralytics_train
         sub = DetectionData(data.name, classes, dict(data.splits, train=subset_samples))
         from detectors.yolo import YOLO_MODELS
         named = [m for m in dict.fromkeys(("yolov8n", pairs["yolo"][0].backbone)) if isinstance(YOLO_MODELS[m][1], str)]

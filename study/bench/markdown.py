@@ -1,4 +1,4 @@
-"""``bench.md``: the benchmark's figures (:func:`study.bench.run_bench`'s ``bench.json``) as tables."""
+"""``bench.md``: the benchmark's figures (:func:`study.bench.benchmarks.run_bench`'s ``bench.json``) as tables."""
 from __future__ import annotations
 
 
