@@ -65,7 +65,8 @@ DEFAULTS: dict = {
         # detection feature distillation on the FPN / neck maps the heads read. ``weight`` is the reference
         # config's; with ``balance: r`` the weight is instead measured over the first ``balance_steps`` (20) steps
         # so that the method's terms are r x the detector's own loss (methods.distill.distiller.Distiller), and its
-        # gradient is clipped apart from the detector's (study.train.backward_clipped_apart)
+        # gradient is clipped apart from the detector's (study.train.backward_clipped_apart); ``rebalance: K``
+        # (steps, or ``epoch``) measures it again over every K steps, to hold r as the two losses fall apart
         "pkd": {"weight": 6.0, "taps": ["p3", "p4", "p5"], "balance": 0.5},
         "cwd": {"weight": 10.0, "tau": 1.0, "taps": ["p3", "p4", "p5"], "balance": 0.5},
         "fgfi": {"weight": 0.01, "psi": 0.5, "taps": ["p3", "p4", "p5"], "balance": 0.5},

@@ -131,7 +131,7 @@ def test_balance_measures_the_ratio_then_fixes_the_weight():
         losses = distiller(images, targets)
         own.append(float(sum(v.detach() for k, v in losses.items() if not k.startswith("kd_"))))
         raw.append(float(sum(distiller.last_raw["pkd"].values())))
-        assert all(float(losses[k]) == 0.0 for k in losses if k.startswith("kd_pkd"))
+        assert all(float(losses[k].detach()) == 0.0 for k in losses if k.startswith("kd_pkd"))
         assert float(losses["kd_at_c3"]) == pytest.approx(1000.0 * float(distiller.last_raw["at"]["kd_at_c3"]))
     weight = distiller.resolved_weights()["pkd"]
     assert weight == pytest.approx(0.5 * (sum(own) / 2) / (sum(raw) / 2), rel=1e-5)
@@ -140,6 +140,39 @@ def test_balance_measures_the_ratio_then_fixes_the_weight():
     for tap in HP["pkd"]["taps"]:
         assert float(losses[f"kd_pkd_{tap}"]) == pytest.approx(
             weight * float(distiller.last_raw["pkd"][f"kd_pkd_{tap}"]), rel=1e-5)
+
+
+def test_rebalance_measures_every_block_and_uses_it_for_the_next():
+    student, teacher = pair()
+    distiller = Distiller(student, TeacherCache(teacher), {"pkd": dict(HP["pkd"], balance=0.5, balance_steps=2,
+                                                                          rebalance=2)})
+    distiller.train()
+    images, targets = batch()
+    own, raw, used = [], [], []
+    for _ in range(6):  # window (steps 1-2), then blocks of 2 steps: 3-4 with w1, 5-6 with w2
+        losses = distiller(images, targets)
+        own.append(float(sum(v.detach() for k, v in losses.items() if not k.startswith("kd_"))))
+        raw.append(float(sum(distiller.last_raw["pkd"].values())))
+        used.append(float(sum(v.detach() for k, v in losses.items() if k.startswith("kd_"))) / raw[-1])
+        student.zero_grad()
+        sum(losses.values()).backward()  # the student changes, so every block's ratio is its own
+        with torch.no_grad():
+            for p in student.parameters():
+                if p.grad is not None:
+                    p -= 0.01 * p.grad
+    ratio = [0.5 * (own[i] + own[i + 1]) / (raw[i] + raw[i + 1]) for i in (0, 2, 4)]
+    history = distiller.resolved_weights()["pkd"]
+    assert history == pytest.approx(ratio, rel=1e-4) and len(set(history)) == 3
+    assert used[:2] == [0.0, 0.0]
+    assert used[2:] == pytest.approx([ratio[0], ratio[0], ratio[1], ratio[1]], rel=1e-4)
+
+
+def test_rebalance_needs_balance_and_a_block_length():
+    student, teacher = pair()
+    with pytest.raises(ValueError, match="rebalance needs balance"):
+        Distiller(student, TeacherCache(teacher), {"pkd": dict(HP["pkd"], rebalance=2)})
+    with pytest.raises(ValueError, match="rebalance must be a number of steps"):
+        Distiller(student, TeacherCache(teacher), {"pkd": dict(HP["pkd"], balance=0.5, rebalance="epoch")})
 
 
 def test_warmup_ramps_the_weight_linearly():

@@ -129,9 +129,12 @@ class Distiller(nn.Module):
     Weights: a method's ``weight`` multiplies its terms (summed over its taps), unless it has ``balance: r``: then
     for the first ``balance_steps`` training steps (default 20) its terms are computed but weighted 0 while the mean
     of its raw terms and of the detector's own loss are measured, and from then on its weight is fixed at
-    r · mean(detector loss) / mean(raw term), so that term / detector loss = r at the start. ``warmup_epochs`` (any
-    method; needs ``steps_per_epoch``) ramps the weight linearly from 0 over the first epochs after that.
-    :meth:`resolved_weights` gives the weights used.
+    r · mean(detector loss) / mean(raw term), so that term / detector loss = r at the start. The two losses fall at
+    different rates, so the ratio drifts (measured: a term balanced to 0.5 ends between 0.17 and 1.1); with
+    ``rebalance: K`` (steps, or ``epoch``: ``steps_per_epoch``) the weight is measured again over every K steps after
+    the window, from that block's means, and used for the next block. ``warmup_epochs`` (any method; needs
+    ``steps_per_epoch``) ramps the weight linearly from 0 over the first epochs after that.
+    :meth:`resolved_weights` gives the weights used (a re-balanced method's as the list of its blocks' weights).
     """
 
     def __init__(self, student: nn.Module, teacher_cache: TeacherCache, methods: dict[str, dict],
@@ -160,18 +163,32 @@ class Distiller(nn.Module):
         self.steps_per_epoch = steps_per_epoch
         self.weights = {name: (0.0 if "balance" in hp else float(hp.get("weight", 1.0))) for name, hp in methods.items()}
         self._measured = {name: [0.0, 0.0, 0] for name, hp in methods.items() if "balance" in hp}  # term, det, steps
+        self._every = {name: self._rebalance_steps(name, hp, steps_per_epoch) for name, hp in methods.items()
+                       if "rebalance" in hp}
+        self._history = {name: [] for name in self._every}  # the weight of every block
         self._step = 0
         self.last_raw: dict[str, dict[str, torch.Tensor]] = {}
         # balanced terms are clipped apart from the detector's own loss (study.train.backward_clipped_apart)
         self.clip_apart = bool(self._measured)
 
     @staticmethod
+    def _rebalance_steps(name: str, hp: dict, steps_per_epoch: int | None) -> int:
+        if "balance" not in hp:
+            raise ValueError(f"{name}: rebalance needs balance (the ratio to hold)")
+        every = steps_per_epoch if hp["rebalance"] == "epoch" else hp["rebalance"]
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"{name}: rebalance must be a number of steps >= 1 or 'epoch' (with steps_per_epoch), "
+                             f"not {hp['rebalance']!r}")
+        return every
+
+    @staticmethod
     def _adapter_key(name: str, tap: str) -> str:
         return tap if name == "fitnets" else f"{name}_{tap}"
 
     def resolved_weights(self) -> dict[str, float]:
-        """Each method's weight as used after its measurement window (the raw weight when not balanced)."""
-        return dict(self.weights)
+        """Each method's weight as used after its measurement window (the raw weight when not balanced; a list of the
+        blocks' weights when re-balanced)."""
+        return self.weights | {name: list(history) for name, history in self._history.items()}
 
     def adapter_params(self) -> int:
         return sum(p.numel() for p in self.adapters.parameters())
@@ -271,12 +288,24 @@ class Distiller(nn.Module):
                 measured[2] += 1
                 if measured[2] == window:
                     self.weights[name] = hp["balance"] * measured[1] / max(measured[0], 1e-12)
+                    if name in self._every:
+                        self._history[name].append(self.weights[name])
+                        measured[:] = [0.0, 0.0, window]  # from now on: the sums of the current block
                 return 0.0
         weight = self.weights[name]
         warmup = hp.get("warmup_epochs", 0)
         if warmup and self.steps_per_epoch:
             start = hp.get("balance_steps", 20) if name in self._measured else 0
             weight *= min(1.0, (self._step - start + 1) / (warmup * self.steps_per_epoch))
+        if name in self._every:  # this step counts in its block; a full block's ratio sets the next block's weight
+            measured = self._measured[name]
+            measured[0] += float(sum(v.detach() for v in raw.values()))
+            measured[1] += float(detector_loss.detach())
+            measured[2] += 1
+            if (measured[2] - hp.get("balance_steps", 20)) % self._every[name] == 0:
+                self.weights[name] = hp["balance"] * measured[1] / max(measured[0], 1e-12)
+                self._history[name].append(self.weights[name])
+                measured[:2] = [0.0, 0.0]
         return weight
 
     def forward(self, images: list[torch.Tensor], targets: list[dict], keys: list[tuple[int, int]] | None = None):
