@@ -66,7 +66,7 @@ def teacher_of(profile: dict, seed: int) -> int:
 
 def plan_detector(profile: dict, detector: str, dataset_name: str, tuned: dict[str, dict] | None = None
                   ) -> list[RunSpec]:
-    """One detector's teacher runs (one per teacher seed), then each (method, seed) student run, then its
+    """One detector's teacher runs (one per teacher seed that a run reads; the first always), then each (method, seed) student run, then its
     compression runs (of the first teacher). A distilled student of seed s reads the teacher :func:`teacher_of`
     gives; ``baseline-long`` is the student alone for ``long_factor`` times the epochs (the compute control).
     ``tuned`` maps a method to ``{"distill": {...}, "source": {...}}`` from a search; those runs use the tuned
@@ -112,7 +112,8 @@ def plan_detector(profile: dict, detector: str, dataset_name: str, tuned: dict[s
         for seed in seeds:
             runs.append(RunSpec(make_run_id(detector, _role_name(t), method, seed, hp), "compressed", _role_name(t),
                                 method, seed, hp, detector))
-    return runs
+    read = {r for spec in runs for r in spec.reads()}  # a teacher no run reads is not trained (the first always is)
+    return [spec for spec in runs if spec.role != "teacher" or spec.run_id in read or spec is first_teacher]
 
 
 def plan_runs(profile: dict, dataset_name: str, tuned: dict[str, dict] | None = None) -> list[RunSpec]:

@@ -40,3 +40,12 @@ def test_the_old_top_level_faster_rcnn_keys_say_where_they_went(tmp_path, key, w
     profile.write_text(f"{key}: {{}}\n")
     with pytest.raises(ValueError, match=f"old.yaml: top-level key '{key}' has moved to {where}"):
         load_profile(str(profile))
+
+
+def test_a_teacher_no_run_reads_is_not_planned():
+    from study.plan import plan_runs
+    teachers = lambda name: [s.seed for s in plan_runs(load_profile(name), "bccd") if s.role == "teacher"]  # noqa: E731
+    assert teachers("default") == [0, 1]  # the distilled seeds alternate over both
+    assert teachers("compress") == [0, 0]  # one per family: compression reads the first teacher seed only
+    only_baseline = dict(load_profile("default"), methods=["baseline"])
+    assert [s.seed for s in plan_runs(only_baseline, "bccd") if s.role == "teacher"] == [0]  # the first, for the gap
