@@ -66,12 +66,17 @@ def upsert_runs(path: Path, new_rows: list[dict]) -> None:
     for row in new_rows:
         at = next((i for i, r in enumerate(rows) if r["run_id"] == row["run_id"]), len(rows))
         rows[at:at + 1] = [row]
+    _rewrite(path, rows, COLUMNS)
+
+
+def _rewrite(path: Path, rows: list[dict], columns: list[str]) -> None:
+    """``rows`` as ``path`` with ``columns`` (missing or None values empty), atomically: temp file, then rename."""
     tmp = path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for r in rows:
-            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in COLUMNS})
+            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
     os.replace(tmp, path)
 
 
@@ -82,14 +87,7 @@ EXECUTION_COLUMNS = ["started", "profile", "runs_planned", "runs_executed", "exe
 def append_execution(path: Path, row: dict) -> None:
     """Add one row to ``executions.csv`` (rewritten with the current columns if it has older ones)."""
     path = Path(path)
-    rows = read_runs(path) + [row]
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=EXECUTION_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in EXECUTION_COLUMNS})
-    os.replace(tmp, path)
+    _rewrite(path, read_runs(path) + [row], EXECUTION_COLUMNS)
 
 
 def reuse_runs(source: Path, out: Path, run_ids: set[str]) -> list[str]:
