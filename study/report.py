@@ -16,6 +16,7 @@ from study.figures import write_figures
 from study.stats import holm, paired_summary, t_quantile
 from study.store import read_runs, read_study_rows
 
+RIVAL_SUFFIX = "@ultralytics"  # the backbone of a row trained by ultralytics' own trainer (study.rival)
 COST_COLUMNS = (("params", "Params (M)", 1e-6), ("gflops", "GFLOPs", 1.0), ("size_mb", "Size (MB)", 1.0),
                 ("cpu_ms", "CPU ms", 1.0))
 
@@ -99,6 +100,9 @@ def table_rows(groups: list[Group], all_rows: list[dict] | None = None) -> list[
     baselines = {(g.detector, g.backbone): g for g in groups if g.method == "teacher"}
     baselines |= {(g.detector, g.backbone): g for g in groups if g.method == "baseline"}
     longs = {(g.detector, g.backbone): g for g in groups if g.method == "baseline-long"}
+    # ultralytics' own trainer on the same student model (study.rival): its plain and its distill_model= rows
+    rival = {(g.detector, g.backbone.removesuffix(RIVAL_SUFFIX), g.method): g for g in groups
+             if g.backbone.endswith(RIVAL_SUFFIX)}
     teacher_models = {(g.detector, g.backbone) for g in groups if g.method == "teacher"}
     rows = []
     for g in groups:
@@ -124,9 +128,14 @@ def table_rows(groups: list[Group], all_rows: list[dict] | None = None) -> list[
         long = longs.get((g.detector, g.backbone))
         if long is not None and role == "student" and g.method not in ("baseline", "baseline-long") and g.ok:
             row["paired_long"] = paired_difference(g, long, teachers=teachers)
+        if role == "student" and g.method != "baseline-long" and g.ok:  # distilled vs distill_model, plain vs plain
+            other = rival.get((g.detector, g.backbone, "baseline" if g.method == "baseline" else "distill_model"))
+            if other is not None and other.ok:
+                row["paired_rival"] = paired_difference(g, other, teachers=teachers)
         rows.append(row)
     adjust_holm(rows, "paired")
     adjust_holm(rows, "paired_long")
+    adjust_holm(rows, "paired_rival")
     return rows
 
 
@@ -287,8 +296,11 @@ def write_report(runs_csv: Path, out: Path) -> Path:
     (out / "table.md").write_text(markdown_table(rows))
     (out / "table.tex").write_text(latex_table(rows))
     against_long = stats_markdown(rows, "paired_long") if any(r.get("paired_long") for r in rows) else ""
+    against_rival = stats_markdown(rows, "paired_rival") if any(r.get("paired_rival") for r in rows) else ""
     (out / "stats.md").write_text(stats_markdown(rows) + (
-        "\nAgainst `baseline-long`:\n\n" + against_long if against_long else ""))
+        "\nAgainst `baseline-long`:\n\n" + against_long if against_long else "") + (
+        "\nAgainst ultralytics' own trainer (`distill_model=`; plain for `baseline`):\n\n" + against_rival
+        if against_rival else ""))
     with (out / "table.csv").open("w", newline="") as f:
         keys = ["detector", "backbone", "method", "seeds", "failed", "params", "gflops", "size_mb", "cpu_ms", "map",
                 "map_std", "map50", "map50_std", "delta", "delta_pct", "exceeds_spread", "cpu_ms_spread",
@@ -333,6 +345,13 @@ def write_report(runs_csv: Path, out: Path) -> Path:
         lines += ["## Against baseline-long (the student alone, trained longer: the compute control)", "",
                   "Does distillation beat simply training the student for longer? Same pairing and correction.", "",
                   against_long]
+    if against_rival:
+        lines += ["## Against ultralytics' own trainer (`python -m study rival`)", "",
+                  "Each distilled row of this project minus ultralytics' `distill_model=` student of the same seed "
+                  "(the same teacher, handed to ultralytics as a checkpoint), and this project's `baseline` minus "
+                  "ultralytics' plain trainer of the same seed: same data, splits, image size, epochs and recipe, "
+                  "both scored by this project's evaluator. Same pairing and correction (Holm over these rows).", "",
+                  against_rival]
     lines += ["## Convergence", "", "Runs whose best validation epoch lies in the last 20% of their epochs were "
               "probably still improving when they stopped.", "", convergence_markdown(rows)]
     if gap_lines(rows):

@@ -131,3 +131,25 @@ def test_report_of_core_columns_only(tmp_path):
                     "h0,faster_rcnn,shallow,hinton,0,ok,0.43\nh1,faster_rcnn,shallow,hinton,1,ok,0.44\n")
     report = write_report(core, tmp_path / "out").read_text()
     assert "| faster_rcnn | shallow | hinton |" in report and "+2.5" in report
+
+
+def test_rows_are_paired_with_ultralytics_own_trainer_by_seed(runs_csv, tmp_path):
+    from study.store import read_runs
+    rival = {"baseline": [0.38, 0.41, 0.40], "distill_model": [0.40, 0.43, 0.45]}  # yolo-style @ultralytics rows
+    for method, maps in rival.items():
+        for seed, m in enumerate(maps):
+            upsert_run(runs_csv, {"run_id": f"rival-{method}-{seed}", "detector": "faster_rcnn", "backbone":
+                                  "shallow@ultralytics", "method": method, "hparams": "{}", "seed": seed,
+                                  "status": "ok", "map": m, "map50": m + 0.3, "params": 900_000})
+    rows = {(r["backbone"], r["method"]): r for r in table_rows(group_runs(read_runs(runs_csv)))}
+    hinton = rows[("shallow", "hinton")]["paired_rival"]  # 0.43-0.40, 0.44-0.43, 0.48-0.45: 0.03, 0.01, 0.03
+    assert hinton["n"] == 3 and hinton["mean"] == pytest.approx(0.07 / 3)
+    sd = math.sqrt(((0.03 - 0.07 / 3) ** 2 * 2 + (0.01 - 0.07 / 3) ** 2) / 2)
+    assert hinton["high"] - hinton["low"] == pytest.approx(2 * 4.3026527 * sd / math.sqrt(3))
+    plain = rows[("shallow", "baseline")]["paired_rival"]  # the plain trainers: 0.02, 0.01, 0.04
+    assert plain["mean"] == pytest.approx(0.07 / 3) and plain["family"] == 3  # Holm over baseline, hinton, at
+    assert "paired_rival" not in rows[("shallow@ultralytics", "distill_model")]  # its own baseline is ultralytics'
+    assert rows[("shallow@ultralytics", "distill_model")]["delta"] == pytest.approx((1.28 - 1.19) / 3 * 100)
+    report = write_report(runs_csv, tmp_path / "out").read_text()
+    assert "## Against ultralytics' own trainer" in report
+    assert "shallow@ultralytics" in report
