@@ -276,37 +276,37 @@ class Distiller(nn.Module):
         return terms
 
     def _weight(self, name: str, hp: dict, raw: dict[str, torch.Tensor], detector_loss: torch.Tensor) -> float:
-        """The method's weight at this step (measuring a balanced method's ratio in its window)."""
+        """The method's weight at this step (0 in a balanced method's measurement window)."""
         if not self.training:
             return self.weights[name]
-        if name in self._measured:
-            measured = self._measured[name]
-            window = hp.get("balance_steps", 20)
-            if measured[2] < window:
-                measured[0] += float(sum(v.detach() for v in raw.values()))
-                measured[1] += float(detector_loss.detach())
-                measured[2] += 1
-                if measured[2] == window:
-                    self.weights[name] = hp["balance"] * measured[1] / max(measured[0], 1e-12)
-                    if name in self._every:
-                        self._history[name].append(self.weights[name])
-                        measured[:] = [0.0, 0.0, window]  # from now on: the sums of the current block
-                return 0.0
         weight = self.weights[name]
+        if name in self._measured:
+            window = hp.get("balance_steps", 20)
+            in_window = self._measured[name][2] < window
+            if in_window or name in self._every:
+                self._measure(name, hp["balance"], raw, detector_loss, window)
+            if in_window:
+                return 0.0
         warmup = hp.get("warmup_epochs", 0)
         if warmup and self.steps_per_epoch:
             start = hp.get("balance_steps", 20) if name in self._measured else 0
             weight *= min(1.0, (self._step - start + 1) / (warmup * self.steps_per_epoch))
-        if name in self._every:  # this step counts in its block; a full block's ratio sets the next block's weight
-            measured = self._measured[name]
-            measured[0] += float(sum(v.detach() for v in raw.values()))
-            measured[1] += float(detector_loss.detach())
-            measured[2] += 1
-            if (measured[2] - hp.get("balance_steps", 20)) % self._every[name] == 0:
-                self.weights[name] = hp["balance"] * measured[1] / max(measured[0], 1e-12)
-                self._history[name].append(self.weights[name])
-                measured[:2] = [0.0, 0.0]
         return weight
+
+    def _measure(self, name: str, ratio: float, raw: dict[str, torch.Tensor], detector_loss: torch.Tensor,
+                 window: int) -> None:
+        """Add this step to the current block's sums; at the end of the window, and of every re-balancing block
+        after it, set the weight that makes the block's mean term ``ratio`` x its mean detector loss."""
+        measured = self._measured[name]
+        measured[0] += float(sum(v.detach() for v in raw.values()))
+        measured[1] += float(detector_loss.detach())
+        measured[2] += 1
+        after = measured[2] - window
+        if after == 0 or (name in self._every and after > 0 and after % self._every[name] == 0):
+            self.weights[name] = ratio * measured[1] / max(measured[0], 1e-12)
+            if name in self._every:
+                self._history[name].append(self.weights[name])
+            measured[:2] = [0.0, 0.0]
 
     def forward(self, images: list[torch.Tensor], targets: list[dict], keys: list[tuple[int, int]] | None = None):
         """The student's own losses plus one weighted ``kd_<method>[_<tap>]`` term per method and tap."""
