@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
+RIVAL_SUFFIX = "@ultralytics"  # a row's backbone ends so when ultralytics' own trainer trained it (study.rival)
+
 
 @dataclass
 class Group:

@@ -11,12 +11,11 @@ import platform
 import statistics
 from pathlib import Path
 
-from study.groups import Group, group_runs
+from study.groups import RIVAL_SUFFIX, Group, group_runs
 from study.figures import write_figures
 from study.stats import holm, paired_summary, t_quantile
 from study.store import read_runs, read_study_rows
 
-RIVAL_SUFFIX = "@ultralytics"  # the backbone of a row trained by ultralytics' own trainer (study.rival)
 COST_COLUMNS = (("params", "Params (M)", 1e-6), ("gflops", "GFLOPs", 1.0), ("size_mb", "Size (MB)", 1.0),
                 ("cpu_ms", "CPU ms", 1.0))
 

@@ -18,6 +18,7 @@ import torch
 
 from study.cost import measure
 from study.evaluate import evaluate
+from study.groups import RIVAL_SUFFIX
 from study.bench.reference_tools import MATCHED_SETTINGS, ultralytics_train, write_ultralytics_checkpoint
 from study.plan import RunSpec, detector_config, make_run_id, plan_detector, teacher_of
 from study.store import read_runs, upsert_run
@@ -30,7 +31,7 @@ def rival_specs(profile: dict, dataset_name: str) -> list[RunSpec]:
     cfg = detector_config(profile, "yolo")
     teachers = {s.seed: s for s in plan_detector(profile, "yolo", dataset_name) if s.role == "teacher"}
     student = cfg["student"]
-    backbone = f"{student['model']}@ultralytics"
+    backbone = student["model"] + RIVAL_SUFFIX
     common = {"dataset": dataset_name, "image_size": profile["image_size"], "role": student,
               "trainer": "ultralytics", "settings": MATCHED_SETTINGS | {"batch": cfg["train"]["batch_size"]},
               "yolo": cfg["shape"], "max_train_images": profile["max_train_images"]}
