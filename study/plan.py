@@ -67,8 +67,8 @@ def teacher_of(profile: dict, seed: int) -> int:
 def plan_detector(profile: dict, detector: str, dataset_name: str, tuned: dict[str, dict] | None = None
                   ) -> list[RunSpec]:
     """One detector's teacher runs (one per teacher seed that a run reads; the first always), then each
-    (method, seed) student run, then its compression runs (of the first teacher). A distilled student of seed s reads the teacher :func:`teacher_of`
-    gives; ``baseline-long`` is the student alone for ``long_factor`` times the epochs (the compute control).
+    (method, seed) student run, then its compression runs (of the first teacher). A distilled student of seed s
+    reads the teacher :func:`teacher_of` gives; ``baseline-long`` is the student alone for ``long_factor`` times the epochs (the compute control).
     ``tuned`` maps a method to ``{"distill": {...}, "source": {...}}`` from a search; those runs use the tuned
     values."""
     cfg = detector_config(profile, detector)
