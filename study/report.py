@@ -14,7 +14,7 @@ from pathlib import Path
 from study.groups import RIVAL_SUFFIX, Group, group_runs
 from study.figures import write_figures
 from study.stats import holm, paired_summary, t_quantile
-from study.store import read_runs, read_study_rows
+from study.store import read_curve, read_runs, read_study_rows
 
 COST_COLUMNS = (("params", "Params (M)", 1e-6), ("gflops", "GFLOPs", 1.0), ("size_mb", "Size (MB)", 1.0),
                 ("cpu_ms", "CPU ms", 1.0))
@@ -82,6 +82,21 @@ def late_peaks(g: Group, share: float = 0.2) -> int:
     return count
 
 
+def late_gains(g: Group, share: float = 0.2) -> list[float]:
+    """Per run of the group with a validation curve: how much its last ``share`` of epochs added, the best
+    validation mAP after epoch ``(1 - share) * epochs`` minus the best up to it (mAP points; <= 0: no gain). Under a
+    schedule that decays to the end the best epoch falls late even on a flat curve; this says by how much."""
+    gains = []
+    for r in g.ok:
+        curve = read_curve(r)
+        epochs = json.loads(r["hparams"] or "{}").get("role", {}).get("epochs") or (curve[-1][0] if curve else 0)
+        before = [v for e, v in curve if e <= (1 - share) * epochs]
+        after = [v for e, v in curve if e > (1 - share) * epochs]
+        if before and after:
+            gains.append((max(after) - max(before)) * 100)
+    return gains
+
+
 def latency_spread(g: Group) -> float | None:
     """The group's latency noise: the larger of its runs' mean interquartile range and the range of their medians
     (runs of one architecture should time the same)."""
@@ -108,8 +123,8 @@ def table_rows(groups: list[Group], all_rows: list[dict] | None = None) -> list[
         role = ("teacher" if g.method == "teacher" else "compressed" if (g.detector, g.backbone) in teacher_models
                 else "student")
         row = {"detector": g.detector, "backbone": g.backbone, "method": g.method, "role": role, "seeds": len(g.ok),
-               "failed": len(g.failed), "late_peaks": late_peaks(g), "cpu_ms_spread": latency_spread(g),
-               "val_map": g.mean("val_map"),
+               "failed": len(g.failed), "late_peaks": late_peaks(g), "late_gains": late_gains(g),
+               "cpu_ms_spread": latency_spread(g), "val_map": g.mean("val_map"), "val_map_std": g.std("val_map"),
                "teacher_seeds": sorted({teachers[r["run_id"]] for r in g.ok if teachers.get(r["run_id"]) is not None})}
         for col, _, scale in COST_COLUMNS:
             mean = g.mean(col)
@@ -244,15 +259,18 @@ def stats_markdown(rows: list[dict], key: str = "paired") -> str:
 
 
 def convergence_markdown(rows: list[dict]) -> str:
-    """Per trained row: validation mAP and how many runs peaked in the last 20% of their epochs."""
-    lines = ["| Detector | Backbone | Method | Runs | Peaked in the last 20% of epochs | Validation mAP |",
-             "|---|---|---|---|---|---|"]
+    """Per trained row: validation mAP with its seed SD, how many runs peaked in the last 20% of their epochs and
+    how much those epochs added (mean and range over the runs, :func:`late_gains`)."""
+    lines = ["| Detector | Backbone | Method | Runs | Peaked in the last 20% of epochs | Gain in the last 20% (pts): "
+             "mean [min, max] | Validation mAP ± SD over runs |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["role"] == "compressed" or not r["seeds"]:
             continue
-        val = "–" if r["val_map"] is None else f"{r['val_map']:.3f}"
-        lines.append(f"| {r['detector']} | {r['backbone']} | {r['method']} | {r['seeds']} | {r['late_peaks']} of "
-                     f"{r['seeds']} | {val} |")
+        val = "–" if r["val_map"] is None else f"{r['val_map']:.3f} ± {(r['val_map_std'] or 0) * 100:.1f} pts"
+        gains = r.get("late_gains") or []
+        gain = (f"{statistics.fmean(gains):+.1f} [{min(gains):+.1f}, {max(gains):+.1f}]" if gains else "–")
+        peaks = "–" if r["val_map"] is None else f"{r['late_peaks']} of {r['seeds']}"  # no curve: not known
+        lines.append(f"| {r['detector']} | {r['backbone']} | {r['method']} | {r['seeds']} | {peaks} | {gain} | {val} |")
     return "\n".join(lines) + "\n"
 
 
@@ -351,8 +369,11 @@ def write_report(runs_csv: Path, out: Path) -> Path:
                   "ultralytics' plain trainer of the same seed: same data, splits, image size, epochs and recipe, "
                   "both scored by this project's evaluator. Same pairing and correction (Holm over these rows).", "",
                   against_rival]
-    lines += ["## Convergence", "", "Runs whose best validation epoch lies in the last 20% of their epochs were "
-              "probably still improving when they stopped.", "", convergence_markdown(rows)]
+    lines += ["## Convergence", "", "A run whose best validation epoch lies in the last 20% of its epochs may have been "
+              "still improving when it stopped; under the cosine schedule, which decays to zero at the last epoch, a "
+              "flat curve also peaks late, so the gain column says how much those epochs added (the best validation "
+              "mAP after 80% of the epochs minus the best before): a gain well inside the SD over runs is a plateau, "
+              "one of several SDs is not.", "", convergence_markdown(rows)]
     if gap_lines(rows):
         lines += ["## Teacher-student gap (validation mAP)", "", *gap_lines(rows), ""]
     if latency_agreement(groups):

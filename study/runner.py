@@ -32,7 +32,7 @@ from study.rival import execute_rival
 from study.evaluate import evaluate
 from study.images import ImageSet, canvas_size, load_images
 from study.parallel import run_parallel, worker_count
-from study.store import append_execution, read_runs, reuse_runs, upsert_run, upsert_runs
+from study.store import append_execution, read_runs, reuse_runs, upsert_run, upsert_runs, val_curve
 from study.train import seed_everything, train
 
 
@@ -154,7 +154,8 @@ class Study:
         costs = measure(model, test_set.images[0].float().div(255), self.out_dir / "runs" / spec.run_id / "best.pt")
         self.keep_spec(spec)
         out = costs | metrics | {"adapter_params": adapter_params, "val_map": result["best_val_map"],
-                                 "best_epoch": result["best_epoch"], "train_s": result["train_s"]}
+                                 "best_epoch": result["best_epoch"], "val_curve": val_curve(result["history"]),
+                                 "train_s": result["train_s"]}
         if "resolved_weights" in result:  # the weights it trained with (a balanced term's is measured)
             out["hparams"] = json.dumps(spec.hparams | {"resolved_weights": result["resolved_weights"]},
                                         sort_keys=True)

@@ -7,15 +7,26 @@ valid CSV with every run that had finished, and a rerun never duplicates a row.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 from pathlib import Path
 
 COLUMNS = ["run_id", "profile", "dataset", "detector", "backbone", "method", "hparams", "seed", "params",
-           "adapter_params", "gflops", "proposals_counted", "size_mb", "cpu_ms", "cpu_ms_iqr", "gpu_ms", "map", "map50", "map75",
-           "map_small", "map_medium", "map_large", "per_class_ap", "val_map", "best_epoch", "train_s", "wall_s",
-           "device",
-           "status", "error", "details"]
+           "adapter_params", "gflops", "proposals_counted", "size_mb", "cpu_ms", "cpu_ms_iqr", "gpu_ms", "map", "map50",
+           "map75", "map_small", "map_medium", "map_large", "per_class_ap", "val_map", "best_epoch", "val_curve",
+           "train_s", "wall_s", "device", "status", "error", "details"]
+
+
+def val_curve(history: list[dict]) -> str:
+    """A run's validation curve for its row: JSON ``[[epoch, mAP], ...]`` of the epochs it validated (4 digits)."""
+    return json.dumps([[h["epoch"], round(h["val_map"], 4)] for h in history if h.get("val_map") is not None],
+                      separators=(",", ":"))
+
+
+def read_curve(row: dict) -> list[tuple[int, float]]:
+    """The ``(epoch, validation mAP)`` pairs of a row's ``val_curve`` (empty where the row has none)."""
+    return [(int(e), float(v)) for e, v in json.loads(row.get("val_curve") or "[]")]
 
 
 def read_runs(path: Path) -> list[dict]:

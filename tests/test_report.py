@@ -153,3 +153,24 @@ def test_rows_are_paired_with_ultralytics_own_trainer_by_seed(runs_csv, tmp_path
     report = write_report(runs_csv, tmp_path / "out").read_text()
     assert "## Against ultralytics' own trainer" in report
     assert "shallow@ultralytics" in report
+
+
+def test_late_gains_and_peaks_from_the_stored_validation_curve(tmp_path):
+    """10-epoch runs, so the last 20% are epochs 9 and 10: gain = best after epoch 8 minus best up to it."""
+    from study.store import read_curve, read_runs, val_curve
+    curves = {0: [0.10, 0.20, 0.30, 0.35, 0.38, 0.40, 0.41, 0.42, 0.43, 0.425],  # +1.00 (0.43 vs 0.42), peak 9
+              1: [0.10, 0.30, 0.44, 0.40, 0.41, 0.41, 0.41, 0.41, 0.40, 0.40],   # -4.00 (0.40 vs 0.44), peak 3
+              2: [0.10, 0.20, 0.30, 0.31, 0.32, 0.33, 0.34, 0.35, 0.36, 0.38]}   # +3.00, still rising, peak 10
+    path = tmp_path / "runs.csv"
+    for seed, curve in curves.items():
+        history = [{"epoch": e, "loss": 1.0, "val_map": v} for e, v in enumerate(curve, 1)]
+        upsert_run(path, {"run_id": f"b{seed}", "detector": "faster_rcnn", "backbone": "shallow", "method": "baseline",
+                          "seed": seed, "status": "ok", "map": 0.4, "hparams": json.dumps({"role": {"epochs": 10}}),
+                          "val_map": max(curve), "best_epoch": curve.index(max(curve)) + 1,
+                          "val_curve": val_curve(history + [{"epoch": 11, "loss": 1.0}])})  # no val: not stored
+    stored = read_runs(path)
+    assert read_curve(stored[0]) == [(e, v) for e, v in enumerate(curves[0], 1)]
+    row = table_rows(group_runs(stored))[0]
+    assert row["late_gains"] == pytest.approx([1.0, -4.0, 3.0])  # 0.43-0.42, 0.40-0.44, 0.38-0.35 in points
+    assert row["late_peaks"] == 2  # seeds 0 and 2 peak at epochs 9 and 10 (> 8)
+    assert "| 2 of 3 | +0.0 [-4.0, +3.0] |" in write_report(path, tmp_path / "out").read_text()
