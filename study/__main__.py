@@ -95,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 profile["execution"] = profile["execution"] | {"executor": args.executor or "ray",
                                                                "address": args.address}
             study = Study(profile, out, args.data, args.device, progress=not args.no_progress, workers=args.workers)
-            for source in args.reuse:
-                copied = study.reuse(Path(source), tuned)
-                print(f"reused {len(copied)} finished run(s) of {source}")
+            study.reuse(args.reuse, tuned)
             runs_csv = study.run(tuned=tuned)
             print(f"wrote {runs_csv} and {write_report(runs_csv, out)}")
         elif args.command == "search":

@@ -247,11 +247,17 @@ class Study:
             self.log(f"{label} {spec.run_id}: FAILED: {message}")
         return row
 
-    def reuse(self, source: Path, tuned: dict[str, dict] | None = None, specs: list[RunSpec] | None = None
+    def reuse(self, sources: list, tuned: dict[str, dict] | None = None, specs: list[RunSpec] | None = None
               ) -> list[str]:
-        """Copy the finished runs of the results folder ``source`` that this study plans (:func:`reuse_runs`)."""
+        """Copy the finished runs of the results folders ``sources`` (in order) that this study plans
+        (:func:`reuse_runs`), logging how many came from each; returns the ids copied."""
         specs = specs if specs is not None else plan_runs(self.profile, self.data().name, tuned)
-        return reuse_runs(source, self.out_dir, {s.run_id for s in specs})
+        copied = []
+        for source in sources:
+            before = len(copied)
+            copied += reuse_runs(Path(source), self.out_dir, {s.run_id for s in specs})
+            self.log(f"reused {len(copied) - before} finished run(s) of {source}")
+        return copied
 
     def run(self, specs: list[RunSpec] | None = None, tuned: dict[str, dict] | None = None) -> Path:
         """Run ``specs`` (default: the profile's plan, with ``tuned`` hyperparameters where given)."""

@@ -52,9 +52,7 @@ def run_tuned(profile: dict, out: Path, data_spec: str | None = None, device: st
     if cfg["search_seed"] in profile["seeds"]:
         raise ValueError(f"tuning.search_seed {cfg['search_seed']} is also a final seed {profile['seeds']}: "
                          "a search seed must never report")
-    for source in reuse or []:
-        copied = Study(profile, out, data_spec, device, progress=False, log=log).reuse(Path(source))
-        log(f"reused {len(copied)} finished run(s) of {source}")
+    Study(profile, out, data_spec, device, progress=False, log=log).reuse(reuse or [])
     tuned, budgets = {}, {}
     for detector in profile["detectors"]:
         methods = [m for m in detector_config(profile, detector)["methods"] if m not in ("baseline", "baseline-long")]

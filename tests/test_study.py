@@ -190,7 +190,7 @@ def test_reused_runs_are_not_retrained_and_only_planned_ones_are_copied(smoke, t
     study = Study(sub, tmp_path, progress=False, log=lambda *_: None)
     planned = {s.run_id for s in plan_runs(sub, study.data().name)}
     source = {r["run_id"]: r for r in read_runs(runs_csv)}
-    assert study.reuse(out) and reuse_runs(out, tmp_path, planned) == []  # a second copy adds nothing
+    assert study.reuse([out]) and reuse_runs(out, tmp_path, planned) == []  # a second copy adds nothing
     copied = {r["run_id"]: r for r in read_runs(tmp_path / "runs.csv")}
     assert set(copied) == planned and all(copied[k] == source[k] for k in copied)  # rows as they were
     teacher = next(k for k in copied if "-teacher-" in k)
