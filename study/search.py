@@ -32,6 +32,7 @@ from study.plan import RunSpec, detector_config, make_run_id, plan_detector
 from study.runner import Study
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+BALANCED = ("pkd", "cwd", "fgfi", "ld")  # searched by their ratio to the detector's loss, not a fixed weight
 TAP_CHOICES = {"faster_rcnn": ["c3,c4,c5", "c4,c5", "p3,p4,p5"], "fcos": ["c3,c4,c5", "c4,c5", "p3,p4,p5"],
                "yolo": ["p3,p4,p5", "p4,p5", "p3"]}  # YOLO's taps are its neck maps
 
@@ -66,6 +67,24 @@ def suggest(trial: optuna.Trial, method: str, detector: str = "faster_rcnn") -> 
             out[part] = {"balance": trial.suggest_float(name("balance"), 0.05, 5.0, log=True),
                          "temperature": trial.suggest_float(name("temperature"), 2.0, 20.0, log=True)}
     return out
+
+
+def default_params(method: str, distill: dict, detector: str = "faster_rcnn") -> dict:
+    """The point of :func:`suggest`'s space that is ``method``'s default (``distill``: the profile's settings), as
+    Optuna parameters: a search's first trial, so that the tuned settings are never worse on validation than the
+    literature's for want of trying them. A default outside the space (e.g. taps it does not offer) is left out
+    and sampled."""
+    params = {}
+    for part in parse_method(method):
+        name = (lambda key: f"{part}.{key}") if "+" in method else (lambda key: key)
+        cfg = distill.get(part, {})
+        searched = ("temperature", "balance", "tau", "psi") if part in BALANCED else ("temperature", "weight", "p")
+        for key in searched:
+            if cfg.get(key) is not None:
+                params[name(key)] = cfg[key]
+        if cfg.get("taps") and ",".join(cfg["taps"]) in TAP_CHOICES[detector]:
+            params[name("taps")] = ",".join(cfg["taps"])
+    return params
 
 
 def suggest_shared(trial: optuna.Trial, train: dict, max_epochs: int) -> dict:
@@ -238,6 +257,9 @@ def search(profile: dict, method: str, n_trials: int | None, out_dir: Path, stor
             st.stop()
 
     fail_orphans(study, storage, search_cfg["grace_s"])
+    if method != "baseline" and not multi_objective and not study.get_trials(deepcopy=False):
+        study.enqueue_trial(default_params(method, detector_config(profile, detector)["distill"], detector),
+                            skip_if_exists=True)  # the literature's weights first
     if spent(study) < limit:
         study.optimize(objective, n_trials=(n_trials * 3 if budget_epochs is None else 10_000),
                        callbacks=[stop_at_budget], catch=(BudgetReached,), gc_after_trial=True)

@@ -50,6 +50,8 @@ def test_four_trial_search_on_sqlite_and_tuned_rerun(smoke_with_teacher):
     profile, _, out = smoke_with_teacher
     study = search(profile, "hinton", 4, out, log=lambda *_: None)
     assert len(finished(study)) == 4
+    first = min(study.trials, key=lambda t: t.number)
+    assert first.user_attrs["distill"] == {"hinton": profile["distill"]["hinton"]}  # the default is tried first
     assert (out / "search.db").is_file()
     report = out / "search" / "smoke-faster_rcnn-hinton"
     assert (report / "trials.csv").is_file() and (report / "best.json").is_file()
@@ -251,3 +253,20 @@ def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried(tmp_pat
     assert states[orphan.number] == optuna.trial.TrialState.FAIL and states[alive.number] == optuna.trial.TrialState.RUNNING
     [retry] = [t for t in study.get_trials(deepcopy=False) if t.system_attrs.get("failed_trial") == orphan.number]
     assert retry.state == optuna.trial.TrialState.WAITING and retry.params == orphan.params and "x" in retry.params
+
+
+@pytest.mark.parametrize("method", ["hinton", "fitnets", "at", "nst", "pkd", "cwd", "fgfi", "hinton+at"])
+def test_first_trial_of_a_search_is_the_methods_default(method):
+    """The enqueued default is a point of the space: every searched parameter fixed, to the profile's values."""
+    from study.defaults import load_profile
+    from study.plan import detector_config
+    from study.search import default_params, suggest
+    distill = detector_config(load_profile("default"), "faster_rcnn")["distill"]
+    study = optuna.create_study()
+    study.enqueue_trial(default_params(method, distill))
+    trial = study.ask()
+    drawn = suggest(trial, method)
+    assert set(trial.params) == set(default_params(method, distill))  # nothing sampled, nothing left over
+    for part, values in drawn.items():
+        expected = {k: v for k, v in distill[part].items() if k in values}
+        assert values == expected  # e.g. hinton {T 4, weight 1}; pkd {balance 0.5, taps p3-p5}
