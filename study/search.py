@@ -277,9 +277,12 @@ def budget_summary(study: optuna.Study) -> dict:
 
 
 def best_distill(study: optuna.Study) -> dict:
-    """The best trial's settings (``distill``, or a baseline search's ``train`` and ``epochs``) and its source."""
+    """The best trial's settings (``distill``, or a baseline search's ``train`` and ``epochs``) and its source
+    (``default: True`` where the best is the default tried first, :func:`default_params`)."""
     best = study.best_trial
     source = {"study": study.study_name, "trial": best.number, "val_map": best.value}
+    if best.system_attrs.get("fixed_params"):  # the enqueued default won: the tuned settings are the default ones
+        source["default"] = True
     settings = best.user_attrs.get("settings") or {"distill": best.user_attrs["distill"]}
     return settings | {"source": source}
 

@@ -7,7 +7,8 @@ Protocol (written into the report): on the validation split, with a search seed 
    budget in epochs and the same pruner (a pruned trial counts the epochs it ran);
 3. the final rows train, with the profile's seeds (paired over teacher x seed cells as in every study), the baseline
    and every method twice with the shared settings: at its default weights (``hinton``) and at its searched ones
-   (``hinton@tuned``), so both are compared with the same baseline rows.
+   (``hinton@tuned``), so both are compared with the same baseline rows. Each method's search tries its default
+   first; where that trial stays the best, the tuned row is the default row (not trained twice).
 Searches live in Optuna storage in the results folder (SQLite) and finished runs in its runs.csv, so a killed
 command continues where it stopped. The methods' searches (step 2) are independent and go to the profile's worker
 processes, one method per worker; each search is serial in itself, so its trials do not depend on the timing of
@@ -30,13 +31,15 @@ from study.search import best_distill, budget_summary, search
 from study.store import read_study_rows
 
 
-def tuned_profile(profile: dict) -> dict:
-    """``profile`` with an ``@tuned`` row beside every distillation method of every detector."""
+def tuned_profile(profile: dict, tuned: dict[str, dict] | None = None) -> dict:
+    """``profile`` with an ``@tuned`` row beside every distillation method of every detector (with ``tuned``, the
+    searches' results per detector: beside those that have a ``method@tuned`` entry)."""
     p = copy.deepcopy(profile)
     for detector in p["detectors"]:
         methods = detector_config(p, detector)["methods"]
         extended = methods + [m + TUNED_SUFFIX for m in methods if m not in ("baseline", "baseline-long")
-                              and not m.endswith(TUNED_SUFFIX)]
+                              and not m.endswith(TUNED_SUFFIX)
+                              and (tuned is None or m + TUNED_SUFFIX in tuned.get(detector, {}))]
         if detector == "faster_rcnn":
             p["methods"] = extended
         else:
@@ -71,9 +74,12 @@ def run_tuned(profile: dict, out: Path, data_spec: str | None = None, device: st
         else:
             results = [_search_method(job) for job in jobs]
         for method, best, budget in results:
-            found[method + TUNED_SUFFIX], spent[method] = best, budget
+            spent[method] = budget | {"best_trial": best["source"]["trial"], "default_best": bool(
+                best["source"].get("default"))}
+            if not best["source"].get("default"):  # else its tuned row would train the default row again
+                found[method + TUNED_SUFFIX] = best
         tuned[detector], budgets[detector] = found, spent
-    final = tuned_profile(profile)
+    final = tuned_profile(profile, tuned)
     runner = Study(final, out, data_spec, device, progress=False, log=log)
     runner.run(plan_runs(final, runner.data().name, tuned))
     (out / "tuning.json").write_text(json.dumps({"protocol": __doc__, "settings": cfg, "final_seeds": profile["seeds"],
@@ -119,7 +125,8 @@ def tuning_markdown(rows: list[dict], budgets: dict, cfg: dict) -> str:
 
     for detector, spent in budgets.items():
         for method, b in spent.items():
-            lines.append(f"| {detector} | {method} | {delta(table.get((detector, method)))} | "
-                         f"{delta(table.get((detector, method + TUNED_SUFFIX)))} | {b['trials']} ({b['pruned']}) | "
-                         f"{b['epochs']} ({b['pruned_epochs']}) |")
+            tuned = ("the default (trial 0) was the best trial: the default row" if b.get("default_best") else
+                     delta(table.get((detector, method + TUNED_SUFFIX))))
+            lines.append(f"| {detector} | {method} | {delta(table.get((detector, method)))} | {tuned} | "
+                         f"{b['trials']} ({b['pruned']}) | {b['epochs']} ({b['pruned_epochs']}) |")
     return "\n".join(lines) + "\n"

@@ -194,12 +194,13 @@ def test_tuned_command_equal_budgets_fresh_seeds_and_side_by_side_report(smoke_w
     for b in spent.values():  # the same budget in epochs: reached, and overrun by at most one trial (2 epochs)
         assert 3 <= b["epochs"] <= 3 + 2
     rows = {r["method"]: r for r in read_runs(tmp_path / "runs.csv") if r["detector"] == "faster_rcnn"}
-    assert {"baseline", "hinton", "hinton@tuned"} <= set(rows)
-    tuned_hp = json.loads(rows["hinton@tuned"]["hparams"])
-    assert tuned_hp["tuned"]["study"] == "smoke-faster_rcnn-hinton"
-    assert tuned_hp["distill"]["hinton"] == tuning["found"]["faster_rcnn"]["hinton@tuned"]["distill"]["hinton"]
+    # on the smoke data the default (trial 0) stays the best: the tuned row would be the default row, not trained
+    assert spent["hinton"]["default_best"] and spent["hinton"]["best_trial"] == 0
+    assert "hinton@tuned" not in tuning["found"]["faster_rcnn"] and "hinton@tuned" not in rows
+    assert {"baseline", "hinton"} <= set(rows)
+    assert "| faster_rcnn | hinton |" in report and "the default (trial 0) was the best trial" in report
     shared = tuning["found"]["faster_rcnn"]["baseline"]
-    for method in ("baseline", "hinton", "hinton@tuned"):  # every final row trains with the searched settings
+    for method in ("baseline", "hinton"):  # every final row trains with the searched shared settings
         hp = json.loads(rows[method]["hparams"])
         assert hp["train"]["lr"] == shared["train"]["lr"] and hp["role"]["epochs"] == shared["epochs"]
         assert int(rows[method]["seed"]) != 100 and hp["tuned_shared"]["study"] == "smoke-faster_rcnn-baseline"
@@ -230,11 +231,11 @@ def test_tuned_searches_on_worker_processes_find_what_a_serial_run_finds(smoke_w
                                  "execution": {"workers": workers, "threads_per_worker": 1}})
             run_tuned(p, folder, log=lambda *_: None)
             tuning = json.loads((folder / "tuning.json").read_text())
-            found[workers] = (tuning["found"], {m: b["epochs"] for m, b in tuning["budgets"]["faster_rcnn"].items()})
+            found[workers] = (tuning["found"], tuning["budgets"]["faster_rcnn"])  # best trials and epochs spent
     finally:
         torch.set_num_threads(threads)
     assert found[1] == found[2]
-    assert set(found[2][0]["faster_rcnn"]) == {"baseline", "hinton@tuned", "at@tuned"}
+    assert set(found[2][1]) == {"baseline", "hinton", "at"} and found[2][1]["at"]["epochs"] >= 2
 
 
 def test_a_trial_killed_before_its_first_heartbeat_is_failed_and_retried(tmp_path):
@@ -270,3 +271,14 @@ def test_first_trial_of_a_search_is_the_methods_default(method):
     for part, values in drawn.items():
         expected = {k: v for k, v in distill[part].items() if k in values}
         assert values == expected  # e.g. hinton {T 4, weight 1}; pkd {balance 0.5, taps p3-p5}
+
+
+def test_a_method_whose_default_stays_best_gets_no_second_row():
+    """Where the search's best trial is the default it tried first, ``method@tuned`` would train the default row
+    again (same settings, same seeds): no such row is planned."""
+    from study.defaults import load_profile
+    from study.tuned import tuned_profile
+    profile = load_profile("tuned")
+    assert tuned_profile(profile)["methods"][-4:] == ["hinton@tuned", "fitnets@tuned", "at@tuned", "pkd@tuned"]
+    found = {"faster_rcnn": {"baseline": {}, "at@tuned": {}}}  # hinton, fitnets and pkd: the default won
+    assert tuned_profile(profile, found)["methods"] == ["baseline", "hinton", "fitnets", "at", "pkd", "at@tuned"]
