@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     search.add_argument("--seed", type=int, help="student seed of the trials (default: the profile's first)")
     search.add_argument("--storage", help="Optuna RDB URL or journal:PATH (default: SQLite in --out)")
     search.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
+    search.add_argument("--min-epochs", type=int, help="no trial is pruned before this epoch (default: the profile's "
+                        "tuning.min_epochs)")
     search.add_argument("--multi-objective", action="store_true", help="NSGA-II on (val mAP, GFLOPs)")
     search.add_argument("--data", help="dataset spec")
     search.add_argument("--device", help="cpu, cuda, ...")
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             from study.search import search as run_search
             st = run_search(profile, args.method, args.n_trials, out, args.storage, args.data, args.device,
                             args.pruner, args.multi_objective, detector=args.detector,
-                            budget_epochs=args.budget_epochs, seed=args.seed)
+                            budget_epochs=args.budget_epochs, seed=args.seed, min_epochs=args.min_epochs)
             print(f"search '{st.study_name}': {len(st.trials)} trials in storage; report in {out / 'search'}")
         elif args.command == "bench":
             from study.bench.benchmarks import run_bench

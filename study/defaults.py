@@ -87,8 +87,9 @@ DEFAULTS: dict = {
     },
     "teacher_cache_mb": 4096,
     # the tuned comparison (study/tuned.py): every method's search gets ``budget_epochs`` training epochs on the
-    # validation split with student seed ``search_seed`` (never a final seed) and the same pruner
-    "tuning": {"budget_epochs": 72, "search_seed": 100, "pruner": "hyperband"},
+    # validation split with student seed ``search_seed`` (never a final seed) and the same pruner, which judges no
+    # trial before epoch ``min_epochs`` (also the ``search`` command's)
+    "tuning": {"budget_epochs": 72, "search_seed": 100, "pruner": "hyperband", "min_epochs": 6},
     # Optuna search: RDB heartbeat (a killed worker's trial is failed and retried after grace_s)
     "search": {"heartbeat_s": 10, "grace_s": 30},
     # how runs are executed: ``workers`` runs at once in their own processes (``auto``: one per

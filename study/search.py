@@ -160,14 +160,23 @@ def fail_orphans(study: optuna.Study, storage, grace_s: float) -> list[int]:
     return failed
 
 
-def _create_study(storage, name: str, multi_objective: bool, pruner: str, seed: int) -> optuna.Study:
+def make_pruner(pruner: str, min_epochs: int) -> optuna.pruners.BasePruner:
+    """The pruner, which judges no trial before epoch ``min_epochs``: in the first epochs (warm-up, high learning
+    rate) every trial's validation mAP is near 0 and their order is noise. Hyperband's brackets start there
+    (rungs at ``min_epochs`` x 3^k epochs); the median pruner waits as long."""
+    return {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=min_epochs),
+            "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=min_epochs, reduction_factor=3),
+            "none": optuna.pruners.NopPruner}[pruner]()
+
+
+def _create_study(storage, name: str, multi_objective: bool, pruner: str, seed: int, min_epochs: int = 1
+                  ) -> optuna.Study:
     """Create or load the study (retried, see :func:`_retried`)."""
     if multi_objective:
         return _retried(lambda: optuna.create_study(study_name=name + "-mo", storage=storage, load_if_exists=True,
                                                     directions=["maximize", "minimize"],
                                                     sampler=optuna.samplers.NSGAIISampler(seed=seed)))
-    chosen = {"median": optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
-              "hyperband": optuna.pruners.HyperbandPruner(), "none": optuna.pruners.NopPruner()}[pruner]
+    chosen = make_pruner(pruner, min_epochs)
     return _retried(lambda: optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
                                                 direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
                                                 pruner=chosen))
@@ -180,7 +189,8 @@ class BudgetReached(RuntimeError):
 def search(profile: dict, method: str, n_trials: int | None, out_dir: Path, storage_url: str | None = None,
            data_spec: str | None = None, device: str | None = None, pruner: str = "median",
            multi_objective: bool = False, log=print, detector: str = "faster_rcnn",
-           budget_epochs: int | None = None, seed: int | None = None, shared: dict | None = None) -> optuna.Study:
+           budget_epochs: int | None = None, seed: int | None = None, shared: dict | None = None,
+           min_epochs: int | None = None) -> optuna.Study:
     """Search ``method``'s settings on the validation split. ``baseline`` searches the settings every student row
     shares (:func:`suggest_shared`); a distillation method searches its own (:func:`suggest`) on top of ``shared``
     (the baseline search's best, or the profile's). The budget is ``n_trials`` finished trials, or ``budget_epochs``
@@ -200,7 +210,8 @@ def search(profile: dict, method: str, n_trials: int | None, out_dir: Path, stor
     search_cfg = profile["search"]
     storage = open_storage(storage_url, out_dir, search_cfg["heartbeat_s"], search_cfg["grace_s"])
     name = study_name(profile, detector, method)
-    study = _create_study(storage, name, multi_objective, pruner, profile["teacher_seeds"][0])
+    min_epochs = profile["tuning"]["min_epochs"] if min_epochs is None else min_epochs
+    study = _create_study(storage, name, multi_objective, pruner, profile["teacher_seeds"][0], min_epochs)
     name = study.study_name
     seed = profile["seeds"][0] if seed is None else seed
 

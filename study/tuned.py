@@ -4,7 +4,8 @@ Protocol (written into the report): on the validation split, with a search seed 
 1. ``baseline`` searches the settings every row shares (learning rate, weight decay, epochs up to the profile's
    cap) with a budget of ``tuning.budget_epochs`` training epochs;
 2. each distillation method searches its own settings on top of the baseline's best shared settings, with the same
-   budget in epochs and the same pruner (a pruned trial counts the epochs it ran);
+   budget in epochs and the same pruner (a pruned trial counts the epochs it ran; none is judged before epoch
+   ``tuning.min_epochs``, when validation mAP starts to order trials) and tries its default first;
 3. the final rows train, with the profile's seeds (paired over teacher x seed cells as in every study), the baseline
    and every method twice with the shared settings: at its default weights (``hinton``) and at its searched ones
    (``hinton@tuned``), so both are compared with the same baseline rows. Each method's search tries its default
@@ -110,9 +111,12 @@ def tuning_markdown(rows: list[dict], budgets: dict, cfg: dict) -> str:
     table = {(r["detector"], r["method"]): r for r in table_rows(group_runs(rows), rows)}
     lines = ["", "## Tuning (equal budget per method, then fresh seeds)", "",
              f"Each method, the baseline included, searched on the validation split with a budget of "
-             f"{cfg['budget_epochs']} training epochs (pruner: {cfg['pruner']}; a pruned trial counts what it ran), "
+             f"{cfg['budget_epochs']} training epochs (pruner: {cfg['pruner']}, judging no trial before epoch "
+             f"{cfg['min_epochs']}; a pruned trial counts what it ran; a search stops starting trials once it has spent "
+             "the budget, so it may overrun by part of one trial), "
              f"student seed {cfg['search_seed']} (no final row uses it); the baseline's search chose the settings every "
-             "final row shares, the methods searched their own on top. Δ against the same `baseline` rows, Holm "
+             "final row shares, the methods searched their own on top, each trying its default weights first. Δ against "
+             "the same `baseline` rows, Holm "
              "over the rows of a detector.", "",
              "| Detector | Method | Default-weight Δ (pts) [95% CI] | Tuned Δ (pts) [95% CI] | Trials (pruned) | "
              "Epochs spent (of them pruned) |", "|---|---|---|---|---|---|"]

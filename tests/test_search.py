@@ -282,3 +282,26 @@ def test_a_method_whose_default_stays_best_gets_no_second_row():
     assert tuned_profile(profile)["methods"][-4:] == ["hinton@tuned", "fitnets@tuned", "at@tuned", "pkd@tuned"]
     found = {"faster_rcnn": {"baseline": {}, "at@tuned": {}}}  # hinton, fitnets and pkd: the default won
     assert tuned_profile(profile, found)["methods"] == ["baseline", "hinton", "fitnets", "at", "pkd", "at@tuned"]
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_no_trial_is_pruned_before_min_epochs(pruner):
+    """Early epochs' validation mAP is noise near 0: a trial at 0.0 next to trials at 1.0 survives epochs 1-2 and is
+    pruned from epoch 3 (``min_epochs``) on, at a rung of the pruner's (3 or 9 for Hyperband)."""
+    from study.search import make_pruner
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(pruner, 3),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(8):
+        good = study.ask()
+        for step in range(1, 10):
+            good.report(1.0, step)
+            assert not good.should_prune()  # (as training does each epoch: Hyperband records its rungs here)
+        study.tell(good, 1.0)
+    bad = study.ask()
+    pruned_at = None
+    for step in range(1, 10):
+        bad.report(0.0, step)
+        if bad.should_prune():
+            pruned_at = step
+            break
+    assert pruned_at in ((3,) if pruner == "median" else (3, 9))
