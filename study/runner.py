@@ -102,7 +102,10 @@ class Study:
         row = {r["run_id"]: r for r in read_runs(self.runs_csv)}.get(run_id)
         if row is None or row["status"] != "ok":
             raise RuntimeError(f"run {run_id} is not available ({row['error'] if row else 'it has not run'})")
-        spec = next(s for s in plan_runs(self.profile, self.data().name) if s.run_id == run_id)
+        if self._spec_file(run_id).is_file():  # the spec it ran with (a tuned study's plan needs its searches)
+            spec = RunSpec(**json.loads(self._spec_file(run_id).read_text()))
+        else:
+            spec = next(s for s in plan_runs(self.profile, self.data().name) if s.run_id == run_id)
         model = self.build(spec)
         model.load_state_dict(torch.load(self.out_dir / "runs" / run_id / "best.pt", map_location="cpu"))
         return model
