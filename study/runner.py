@@ -220,7 +220,7 @@ class Study:
     def ensure_teacher(self, detector: str = "faster_rcnn") -> str:
         """Run the profile's teacher of ``detector`` if it has not finished; return its run id."""
         teacher = plan_detector(self.profile, detector, self.data().name)[0]
-        self.run([teacher])
+        self.run([teacher], time_latency=False)  # (a search's worker: the study times its models later, alone)
         return teacher.run_id
 
     def row_of(self, spec: RunSpec) -> dict:
@@ -262,8 +262,10 @@ class Study:
             self.log(f"reused {len(copied) - before} finished run(s) of {source}")
         return copied
 
-    def run(self, specs: list[RunSpec] | None = None, tuned: dict[str, dict] | None = None) -> Path:
-        """Run ``specs`` (default: the profile's plan, with ``tuned`` hyperparameters where given)."""
+    def run(self, specs: list[RunSpec] | None = None, tuned: dict[str, dict] | None = None,
+            time_latency: bool = True) -> Path:
+        """Run ``specs`` (default: the profile's plan, with ``tuned`` hyperparameters where given), then time every
+        model that lacks a latency (unless ``time_latency`` is False: the caller is not alone on the machine)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         specs = specs if specs is not None else plan_runs(self.profile, self.data().name, tuned)
         # finished: failed, or ok and either its checkpoint is here or no run of the plan reads it (a fresh clone
@@ -292,7 +294,8 @@ class Study:
             else:
                 for label, spec in todo:
                     record(self.run_one(spec, label))
-        self.measure_deferred_latency()
+        if time_latency:
+            self.measure_deferred_latency()
         if todo:
             append_execution(self.out_dir / "executions.csv", {
                 "started": started, "profile": self.profile["name"], "runs_planned": len(specs),

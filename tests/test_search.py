@@ -305,3 +305,19 @@ def test_no_trial_is_pruned_before_min_epochs(pruner):
             pruned_at = step
             break
     assert pruned_at in ((3,) if pruner == "median" else (3, 9))
+
+
+def test_a_tuned_plan_loads_its_teacher_and_a_search_worker_times_nothing(smoke_with_teacher, tmp_path, monkeypatch):
+    """A tuned study's profile names ``method@tuned`` rows that only its searches can plan: a finished run (the
+    teacher a distilled row reads) is rebuilt from the spec it ran with, not by re-planning. And a search's
+    worker, which makes sure the teacher exists, does not time latency (the other workers are training)."""
+    profile, _, out = smoke_with_teacher
+    tuned_plan = dict(profile, detectors=["faster_rcnn"], methods=["baseline", "hinton", "hinton@tuned"])
+    study = Study(tuned_plan, out, progress=False, log=lambda *_: None)
+    teacher = next(r["run_id"] for r in read_runs(out / "runs.csv")
+                   if r["method"] == "teacher" and r["detector"] == "faster_rcnn")
+    with pytest.raises(ValueError, match="has no finished search"):  # what re-planning would have hit
+        plan_runs(tuned_plan, "bccd")
+    assert isinstance(study.load_finished(teacher), torch.nn.Module)
+    monkeypatch.setattr(Study, "measure_deferred_latency", lambda self: pytest.fail("timed latency in a worker"))
+    assert Study(profile, out, progress=False, log=lambda *_: None).ensure_teacher() == teacher
