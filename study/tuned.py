@@ -56,7 +56,8 @@ def run_tuned(profile: dict, out: Path, data_spec: str | None = None, device: st
     if cfg["search_seed"] in profile["seeds"]:
         raise ValueError(f"tuning.search_seed {cfg['search_seed']} is also a final seed {profile['seeds']}: "
                          "a search seed must never report")
-    Study(profile, out, data_spec, device, progress=False, log=log).reuse(reuse or [])
+    runner = Study(profile, out, data_spec, device, progress=False, log=log)  # only the teachers: every student row
+    runner.reuse(reuse or [], specs=[s for s in plan_runs(profile, runner.data().name) if s.role == "teacher"])
     tuned, budgets = {}, {}
     for detector in profile["detectors"]:
         methods = [m for m in detector_config(profile, detector)["methods"] if m not in ("baseline", "baseline-long")]
