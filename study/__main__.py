@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             command = ("python -m study run --profile replication --out " + args.replicate +
                        f" && python -m study replicate --original {args.original} --replicate {args.replicate}")
             print(f"wrote {write_replication(Path(args.original), Path(args.replicate), out, command)}")
+        elif (Path(args.runs).parent / "tuning.json").exists():  # a tuned study's: its tuning section too
+            from study.tuned import write_tuned_report
+            print(f"wrote {write_tuned_report(Path(args.runs), Path(args.out))}")
         else:
             print(f"wrote {write_report(Path(args.runs), Path(args.out))}")
     except (DataError, FileNotFoundError, ValueError, ConnectionError) as exc:

@@ -32,15 +32,15 @@ from study.search import best_distill, budget_summary, search
 from study.store import read_study_rows
 
 
-def tuned_profile(profile: dict, tuned: dict[str, dict] | None = None) -> dict:
-    """``profile`` with an ``@tuned`` row beside every distillation method of every detector (with ``tuned``, the
-    searches' results per detector: beside those that have a ``method@tuned`` entry)."""
+def tuned_profile(profile: dict, tuned: dict[str, dict]) -> dict:
+    """``profile`` with a ``method@tuned`` row beside every distillation method of a detector that has one in
+    ``tuned`` (the searches' results per detector; a method whose default stayed best has none)."""
     p = copy.deepcopy(profile)
     for detector in p["detectors"]:
         methods = detector_config(p, detector)["methods"]
         extended = methods + [m + TUNED_SUFFIX for m in methods if m not in ("baseline", "baseline-long")
                               and not m.endswith(TUNED_SUFFIX)
-                              and (tuned is None or m + TUNED_SUFFIX in tuned.get(detector, {}))]
+                              and m + TUNED_SUFFIX in tuned.get(detector, {})]
         if detector == "faster_rcnn":
             p["methods"] = extended
         else:
@@ -87,8 +87,16 @@ def run_tuned(profile: dict, out: Path, data_spec: str | None = None, device: st
     (out / "tuning.json").write_text(json.dumps({"protocol": __doc__, "settings": cfg, "final_seeds": profile["seeds"],
                                                  "teacher_seeds": profile["teacher_seeds"], "found": tuned,
                                                  "budgets": budgets}, indent=1, default=str))
-    report = write_report(runner.runs_csv, out)
-    report.write_text(report.read_text() + tuning_markdown(read_study_rows(runner.runs_csv), budgets, cfg))
+    return write_tuned_report(runner.runs_csv, out)
+
+
+def write_tuned_report(runs_csv: Path, out: Path, tuning_json: Path | None = None) -> Path:
+    """The study's report (:func:`study.report.write_report`) with the tuning section appended, read from the
+    ``tuning.json`` the tuned command wrote (default: beside ``runs_csv``); returns REPORT.md."""
+    tuning = json.loads(Path(tuning_json or Path(runs_csv).parent / "tuning.json").read_text())
+    report = write_report(runs_csv, out)
+    report.write_text(report.read_text() + tuning_markdown(read_study_rows(runs_csv), tuning["budgets"],
+                                                           tuning["settings"]))
     return report
 
 

@@ -206,6 +206,10 @@ def test_tuned_command_equal_budgets_fresh_seeds_and_side_by_side_report(smoke_w
         assert int(rows[method]["seed"]) != 100 and hp["tuned_shared"]["study"] == "smoke-faster_rcnn-baseline"
     assert "## Tuning (equal budget per method, then fresh seeds)" in report
     assert "| faster_rcnn | hinton |" in report
+    from study.__main__ import main  # `report` on a tuned folder rewrites the same REPORT.md, tuning section included
+    (tmp_path / "REPORT.md").unlink()
+    assert main(["report", "--runs", str(tmp_path / "runs.csv"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "REPORT.md").read_text() == report
     with pytest.raises(ValueError, match="search_seed 0 is also a final seed"):
         run_tuned(_merge(p, {"tuning": {"search_seed": 0}}), tmp_path, log=lambda *_: None)
 
@@ -279,7 +283,9 @@ def test_a_method_whose_default_stays_best_gets_no_second_row():
     from study.defaults import load_profile
     from study.tuned import tuned_profile
     profile = load_profile("tuned")
-    assert tuned_profile(profile)["methods"][-4:] == ["hinton@tuned", "fitnets@tuned", "at@tuned", "pkd@tuned"]
+    every = {"faster_rcnn": {m + "@tuned": {} for m in ("hinton", "fitnets", "at", "pkd")}}
+    assert tuned_profile(profile, every)["methods"][-4:] == ["hinton@tuned", "fitnets@tuned", "at@tuned",
+                                                             "pkd@tuned"]
     found = {"faster_rcnn": {"baseline": {}, "at@tuned": {}}}  # hinton, fitnets and pkd: the default won
     assert tuned_profile(profile, found)["methods"] == ["baseline", "hinton", "fitnets", "at", "pkd", "at@tuned"]
 
