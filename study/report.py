@@ -312,9 +312,10 @@ def write_report(runs_csv: Path, out: Path) -> Path:
     rows = table_rows(groups, all_rows)
     (out / "table.md").write_text(markdown_table(rows))
     (out / "table.tex").write_text(latex_table(rows))
+    against_base = stats_markdown(rows) if any(r.get("paired") for r in rows) else ""  # none: only baselines
     against_long = stats_markdown(rows, "paired_long") if any(r.get("paired_long") for r in rows) else ""
     against_rival = stats_markdown(rows, "paired_rival") if any(r.get("paired_rival") for r in rows) else ""
-    (out / "stats.md").write_text(stats_markdown(rows) + (
+    (out / "stats.md").write_text(against_base + (
         "\nAgainst `baseline-long`:\n\n" + against_long if against_long else "") + (
         "\nAgainst ultralytics' own trainer (`distill_model=`; plain for `baseline`):\n\n" + against_rival
         if against_rival else ""))
@@ -351,13 +352,15 @@ def write_report(runs_csv: Path, out: Path) -> Path:
              "the range of their medians); a latency is bold only when it beats the next row by more than both "
              "spreads; Δ is against the same detector and backbone's `baseline` (for a compressed "
              "teacher: against the teacher).", "",
-             "## Main table", "", markdown_table(rows), "## Against baseline (paired over teacher × seed cells)", "",
-             "Each distilled run of student seed s (with the teacher seed it was paired with) minus `baseline` of "
-             "seed s: the differences span the teacher seeds, so their spread carries the teacher's variance as well "
-             "as the seed's; the interval is Student's t with n − 1 df. Holm's step-down correction runs over the "
-             "student rows of one detector (the family size is the number of rows compared); the verdict is the "
-             "corrected one, and the Holm-level interval is the t-interval at the confidence of that row's step.",
-             "", stats_markdown(rows)]
+             "## Main table", "", markdown_table(rows)]
+    if against_base:
+        lines += ["## Against baseline (paired over teacher × seed cells)", "",
+                  "Each distilled run of student seed s (with the teacher seed it was paired with) minus `baseline` of "
+                  "seed s: the differences span the teacher seeds, so their spread carries the teacher's variance as well "
+                  "as the seed's; the interval is Student's t with n − 1 df. Holm's step-down correction runs over the "
+                  "student rows of one detector (the family size is the number of rows compared); the verdict is the "
+                  "corrected one, and the Holm-level interval is the t-interval at the confidence of that row's step.",
+                  "", against_base]
     if against_long:
         lines += ["## Against baseline-long (the student alone, trained longer: the compute control)", "",
                   "Does distillation beat simply training the student for longer? Same pairing and correction.", "",

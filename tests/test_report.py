@@ -173,4 +173,6 @@ def test_late_gains_and_peaks_from_the_stored_validation_curve(tmp_path):
     row = table_rows(group_runs(stored))[0]
     assert row["late_gains"] == pytest.approx([1.0, -4.0, 3.0])  # 0.43-0.42, 0.40-0.44, 0.38-0.35 in points
     assert row["late_peaks"] == 2  # seeds 0 and 2 peak at epochs 9 and 10 (> 8)
-    assert "| 2 of 3 | +0.0 [-4.0, +3.0] |" in write_report(path, tmp_path / "out").read_text()
+    report = write_report(path, tmp_path / "out").read_text()
+    assert "| 2 of 3 | +0.0 [-4.0, +3.0] |" in report
+    assert "## Against baseline" not in report  # only baseline rows: nothing to pair, no empty table
