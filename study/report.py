@@ -355,11 +355,12 @@ def write_report(runs_csv: Path, out: Path) -> Path:
              "## Main table", "", markdown_table(rows)]
     if against_base:
         lines += ["## Against baseline (paired over teacher × seed cells)", "",
-                  "Each distilled run of student seed s (with the teacher seed it was paired with) minus `baseline` of "
-                  "seed s: the differences span the teacher seeds, so their spread carries the teacher's variance as well "
-                  "as the seed's; the interval is Student's t with n − 1 df. Holm's step-down correction runs over the "
-                  "student rows of one detector (the family size is the number of rows compared); the verdict is the "
-                  "corrected one, and the Holm-level interval is the t-interval at the confidence of that row's step.",
+                  "Each distilled run of student seed s (with the teacher seed it was paired with) minus `baseline` "
+                  "of seed s: the differences span the teacher seeds, so their spread carries the teacher's variance "
+                  "as well as the seed's; the interval is Student's t with n − 1 df. Holm's step-down correction runs "
+                  "over the student rows of one detector (the family size is the number of rows compared); the "
+                  "verdict is the corrected one, and the Holm-level interval is the t-interval at the confidence of "
+                  "that row's step.",
                   "", against_base]
     if against_long:
         lines += ["## Against baseline-long (the student alone, trained longer: the compute control)", "",

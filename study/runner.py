@@ -102,10 +102,8 @@ class Study:
         row = {r["run_id"]: r for r in read_runs(self.runs_csv)}.get(run_id)
         if row is None or row["status"] != "ok":
             raise RuntimeError(f"run {run_id} is not available ({row['error'] if row else 'it has not run'})")
-        if self._spec_file(run_id).is_file():  # the spec it ran with (a tuned study's plan needs its searches)
-            spec = RunSpec(**json.loads(self._spec_file(run_id).read_text()))
-        else:
-            spec = next(s for s in plan_runs(self.profile, self.data().name) if s.run_id == run_id)
+        spec = self.kept_spec(run_id) or next(  # the spec it ran with (a tuned study's plan needs its searches)
+            s for s in plan_runs(self.profile, self.data().name) if s.run_id == run_id)
         model = self.build(spec)
         model.load_state_dict(torch.load(self.out_dir / "runs" / run_id / "best.pt", map_location="cpu"))
         return model
@@ -175,6 +173,11 @@ class Study:
         """Keep the run's spec beside its files, so the latency pass can rebuild its model as evaluated."""
         self._spec_file(spec.run_id).write_text(json.dumps(dataclasses.asdict(spec)))
 
+    def kept_spec(self, run_id: str) -> RunSpec | None:
+        """The spec :meth:`keep_spec` kept for ``run_id``; None where it kept none."""
+        path = self._spec_file(run_id)
+        return RunSpec(**json.loads(path.read_text())) if path.is_file() else None
+
     def evaluated_model(self, spec: RunSpec) -> tuple[torch.nn.Module, bool]:
         """A finished run's model as it was evaluated (trained, pruned, int8 or fp16-rounded), from its files, and
         whether it runs on a GPU (int8 kernels are CPU-only)."""
@@ -200,8 +203,8 @@ class Study:
             return 0  # (a row whose model cannot be rebuilt here would otherwise re-trigger the pass forever)
         models, cuda_ok = {}, {}
         for row in rows:
-            if row["status"] == "ok" and self._spec_file(row["run_id"]).is_file():
-                spec = RunSpec(**json.loads(self._spec_file(row["run_id"]).read_text()))
+            spec = self.kept_spec(row["run_id"]) if row["status"] == "ok" else None
+            if spec:
                 models[row["run_id"]], cuda_ok[row["run_id"]] = self.evaluated_model(spec)
         cfg, test_images = self.profile["cost"], self.image_set("test").images
         images = [test_images[i].float().div(255) for i in range(min(cfg["images"], len(test_images)))]

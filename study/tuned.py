@@ -90,10 +90,10 @@ def run_tuned(profile: dict, out: Path, data_spec: str | None = None, device: st
     return write_tuned_report(runner.runs_csv, out)
 
 
-def write_tuned_report(runs_csv: Path, out: Path, tuning_json: Path | None = None) -> Path:
+def write_tuned_report(runs_csv: Path, out: Path) -> Path:
     """The study's report (:func:`study.report.write_report`) with the tuning section appended, read from the
-    ``tuning.json`` the tuned command wrote (default: beside ``runs_csv``); returns REPORT.md."""
-    tuning = json.loads(Path(tuning_json or Path(runs_csv).parent / "tuning.json").read_text())
+    ``tuning.json`` the tuned command wrote beside ``runs_csv``; returns REPORT.md."""
+    tuning = json.loads((Path(runs_csv).parent / "tuning.json").read_text())
     report = write_report(runs_csv, out)
     report.write_text(report.read_text() + tuning_markdown(read_study_rows(runs_csv), tuning["budgets"],
                                                            tuning["settings"]))
