@@ -106,7 +106,10 @@ class _RoIAlign(torch.autograd.Function):
 def roi_align(features: Tensor, rois: Tensor, output_size: tuple[int, int], spatial_scale: float,
               sampling_ratio: int) -> Tensor:
     """torchvision's ``roi_align`` (``aligned=False``; ``rois`` (K, 5) as batch index, x1, y1, x2, y2); on the CPU
-    with the sparse backward above."""
+    with the sparse backward above. Features in another dtype than ``rois`` (bf16 under autocast) are pooled in fp32,
+    as torchvision's own autocast kernel does."""
+    if features.dtype != rois.dtype:
+        features, rois = features.float(), rois.float()
     if features.device.type != "cpu" or not features.requires_grad:
         return tv_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned=False)
     return _RoIAlign.apply(features, rois, output_size, spatial_scale, sampling_ratio)

@@ -58,6 +58,12 @@ def _role_name(role: dict) -> str:
     return role.get("backbone") or role["model"]
 
 
+def run_train(train: dict) -> dict:
+    """A run's training settings as kept in its hparams: ``bf16_on_cpu`` only where true (the key is newer than
+    most committed runs, all fp32, whose run ids stay as they were)."""
+    return {k: v for k, v in train.items() if k != "bf16_on_cpu" or v}
+
+
 def teacher_of(profile: dict, seed: int) -> int:
     """The teacher seed a student seed is paired with: teacher seeds alternate over the student seeds in order, so
     every distilled row's (teacher, seed) cells span the teachers and its paired differences carry their variance."""
@@ -68,11 +74,12 @@ def plan_detector(profile: dict, detector: str, dataset_name: str, tuned: dict[s
                   ) -> list[RunSpec]:
     """One detector's teacher runs (one per teacher seed that a run reads; the first always), then each
     (method, seed) student run, then its compression runs (of the first teacher). A distilled student of seed s
-    reads the teacher :func:`teacher_of` gives; ``baseline-long`` is the student alone for ``long_factor`` times the epochs (the compute control).
+    reads the teacher :func:`teacher_of` gives; ``baseline-long`` is the student alone for
+    ``long_factor`` times the epochs, rounded (the compute control).
     ``tuned`` maps a method to ``{"distill": {...}, "source": {...}}`` from a search; those runs use the tuned
     values."""
     cfg = detector_config(profile, detector)
-    common = {"dataset": dataset_name, "image_size": profile["image_size"], "train": cfg["train"],
+    common = {"dataset": dataset_name, "image_size": profile["image_size"], "train": run_train(cfg["train"]),
               cfg["shape_key"]: cfg["shape"], "max_train_images": profile["max_train_images"]}
     t = cfg["teacher"]
     teacher_hp = common | {"role": t}
@@ -83,13 +90,13 @@ def plan_detector(profile: dict, detector: str, dataset_name: str, tuned: dict[s
     s = cfg["student"]
     shared = (tuned or {}).get("baseline")  # searched shared settings: every student row trains with them
     if shared:
-        common = common | {"train": cfg["train"] | shared["train"], "tuned_shared": shared["source"]}
+        common = common | {"train": run_train(cfg["train"] | shared["train"]), "tuned_shared": shared["source"]}
         s = s | {"epochs": shared["epochs"]}
     for method in cfg["methods"]:
         for seed in profile["seeds"]:
             hp = common | {"role": s}
             if method == "baseline-long":
-                hp["role"] = s | {"epochs": s["epochs"] * profile["long_factor"]}
+                hp["role"] = s | {"epochs": round(s["epochs"] * profile["long_factor"])}
             elif method != "baseline":
                 hp["distill"] = {m: cfg["distill"][m] for m in parse_method(method)}
                 hp["teacher_run"] = teachers[teacher_of(profile, seed)].run_id

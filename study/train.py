@@ -141,7 +141,8 @@ def train(model: torch.nn.Module, loss_fn: Callable, student: torch.nn.Module, t
                                                                          total_steps, warmup))
     momentum_warmup = cfg.get("warmup_momentum") if cfg["optimizer"] == "sgd" else None
     global_step = 0
-    use_amp = device.type == "cuda"
+    # bf16 autocast: always on a GPU; on the CPU when ``bf16_on_cpu`` (evaluation stays fp32 either way)
+    use_amp = device.type == "cuda" or bool(cfg.get("bf16_on_cpu"))
     sync_free = device.type == "cuda"  # on a GPU, losses are checked once per epoch instead of every step
     val_gt = coco_ground_truth(val_set, class_names)
     history, best_map, best_epoch = [], -1.0, -1

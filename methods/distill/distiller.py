@@ -204,17 +204,17 @@ class Distiller(nn.Module):
             proposals, image_shapes = cap["proposals"]
             with torch.no_grad():
                 pool = module_at(model, roi["pool"])
-                pooled = pool({k: teacher[k] for k in pool.featmap_names}, proposals, image_shapes)
+                pooled = pool({k: teacher[k].float() for k in pool.featmap_names}, proposals, image_shapes)
                 teacher_logits, _ = module_at(model, roi["predictor"])(module_at(model, roi["head"])(pooled))
-            return hinton_kd_loss(cap["roi_logits"], teacher_logits, T)
-        s, t = cap["dense_logits"], teacher["dense_logits"]
-        return sigmoid_kd_loss(s.flatten(0, 1), t.flatten(0, 1).to(s.dtype), T)
+            return hinton_kd_loss(cap["roi_logits"].float(), teacher_logits, T)
+        s, t = cap["dense_logits"].float(), teacher["dense_logits"].float()
+        return sigmoid_kd_loss(s.flatten(0, 1), t.flatten(0, 1), T)
 
     def _ld(self, hp: dict, teacher: dict, targets: list[dict]) -> torch.Tensor:
         """LD on the Detect head's DFL bins at the positive locations: here the anchor points whose centre lies
         inside a ground-truth box (the candidate region of centre sampling; the assigner's own positives are inside
         ultralytics' loss and not exposed)."""
-        s, t = self._captured["dense_boxes"], teacher["dense_boxes"].to(self._captured["dense_boxes"].dtype)
+        s, t = self._captured["dense_boxes"].float(), teacher["dense_boxes"].float()
         image_h, image_w = self._captured["x"].shape[-2:]
         points = torch.cat([grid_centres(f.shape[-2], f.shape[-1], image_h / f.shape[-2], 0.5, s.device).reshape(-1, 2)
                             for f in self._captured["taps"].values()])  # (A, 2), in the head's anchor order
@@ -259,7 +259,7 @@ class Distiller(nn.Module):
             if tap not in student_taps:
                 raise ValueError(f"{self.family['name']} has no feature tap '{tap}' "
                                  f"(taps: {', '.join(student_taps)})")
-            s, t = student_taps[tap].contiguous(), teacher[tap]
+            s, t = student_taps[tap].contiguous().float(), teacher[tap].float()
             if name in ADAPTED:
                 s = self.adapters[self._adapter_key(name, tap)](s, t.shape[-2:])
             if name == "at":
@@ -317,7 +317,10 @@ class Distiller(nn.Module):
         scale = len(images) if self.batch_scaled else 1
         self.last_raw = {}  # each method's unweighted terms (times the batch scale), detached: no host sync
         for name, hp in self.methods.items():
-            raw = {k: scale * v for k, v in self._raw_terms(name, hp, teacher, targets, keys).items()}
+            # the terms in fp32 even when the detector trains under bf16 autocast (fp32 inputs, autocast off)
+            with torch.autocast(self._captured["x"].device.type, enabled=False):
+                terms = self._raw_terms(name, hp, teacher, targets, keys)
+            raw = {k: scale * v for k, v in terms.items()}
             self.last_raw[name] = {k: v.detach() for k, v in raw.items()}
             weight = self._weight(name, hp, raw, detector_loss)
             losses |= {k: weight * v for k, v in raw.items()}
