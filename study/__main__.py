@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     replicate.add_argument("--original", default="results/default", help="the original study's folder")
     replicate.add_argument("--replicate", default="results/replication", help="the rerun's folder")
     replicate.add_argument("--out", help="output file (default: ORIGINAL/REPLICATION.md)")
+    replicate.add_argument("--profile", default="replication", help="the profile that made the rerun (for the "
+                           "command written into the file)")
     report = sub.add_parser("report", help="write tables from a runs.csv")
     report.add_argument("--runs", required=True, help="a runs.csv")
     report.add_argument("--out", required=True, help="output folder")
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "replicate":
             from study.replicate import write_replication
             out = Path(args.out) if args.out else Path(args.original) / "REPLICATION.md"
-            command = ("python -m study run --profile replication --out " + args.replicate +
+            command = (f"python -m study run --profile {args.profile} --out " + args.replicate +
                        f" && python -m study replicate --original {args.original} --replicate {args.replicate}")
             print(f"wrote {write_replication(Path(args.original), Path(args.replicate), out, command)}")
         elif (Path(args.runs).parent / "tuning.json").exists():  # a tuned study's: its tuning section too

@@ -98,7 +98,7 @@ def write_replication(original_dir: Path, replicate_dir: Path, out: Path, comman
     inside = [r for r in rows if r["inside"] is not None]
     flips = [r for r in rows if r["flipped"]]
     fmt = lambda v: "–" if v is None else f"{v:+.1f}"
-    lines = ["# Replication of the default study", "",
+    lines = [f"# Replication of {Path(original_dir).name}", "",
              f"Command: `{command}`", "",
              f"- original: {Path(original_dir)} (student seeds {seeds(original, False)}, teacher seeds "
              f"{seeds(original, True)}); replicate: {Path(replicate_dir)} (student seeds {seeds(replicate, False)}, "

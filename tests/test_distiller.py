@@ -184,3 +184,28 @@ def test_warmup_ramps_the_weight_linearly():
         losses = distiller(images, targets)
         factor = min(1.0, step / 4)
         assert float(losses["kd_at_c3"]) == pytest.approx(1000.0 * factor * float(distiller.last_raw["at"]["kd_at_c3"]))
+
+
+@pytest.mark.parametrize("method", ["hinton", "pkd", "at"])
+def test_terms_are_fp32_under_bf16_autocast_and_match_fp32(method):
+    """Under bf16 autocast (train.bf16_on_cpu) the detector runs in bf16 but the distillation terms are computed in
+    fp32 from its outputs: each term equals the term computed in fp32 from the same bf16 features to fp32 rounding."""
+    student, teacher = pair()
+    distiller = Distiller(student, TeacherCache(teacher), {method: HP[method]})
+    distiller.train()
+    images, targets = batch()
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = distiller(images, targets, keys=None)
+    kd = {k: v for k, v in losses.items() if k.startswith("kd_")}
+    assert kd and all(v.dtype == torch.float32 and torch.isfinite(v) for v in kd.values())
+    assert any(v.dtype == torch.bfloat16 for v in distiller._captured["taps"].values())  # the detector ran in bf16
+    # the same terms from the same bf16 student and teacher tensors, without autocast: fp32 arithmetic both times
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            teacher_out = distiller.teacher_cache.features(distiller._captured["x"], None)
+        assert any(v.dtype == torch.bfloat16 for v in teacher_out.values())
+        again = distiller._raw_terms(method, HP[method], teacher_out, targets, None)
+    for k, v in again.items():
+        assert v.dtype == torch.float32
+        torch.testing.assert_close(kd[k].detach() / distiller.weights[method], v, rtol=1e-5, atol=1e-7)

@@ -49,3 +49,27 @@ def test_a_teacher_no_run_reads_is_not_planned():
     assert teachers("compress") == [0, 0]  # one per family: compression reads the first teacher seed only
     only_baseline = dict(load_profile("default"), methods=["baseline"])
     assert [s.seed for s in plan_runs(only_baseline, "bccd") if s.role == "teacher"] == [0]  # the first, for the gap
+
+
+@pytest.mark.parametrize("name, folder", [("fixed24", "fixed24"), ("fixed24-replication", "fixed24-replication"),
+                                          ("teacher40", "teacher40"), ("schedule", "schedule"),
+                                          ("converged", "converged"), ("rebalance", "rebalance"), ("yolo", "yolo")])
+def test_profiles_still_plan_their_committed_runs(name, folder):
+    """A profile whose results are committed pins the settings they were made with: changing a default must not
+    change the run ids it plans (a rerun or ``--reuse`` would otherwise train everything again)."""
+    import csv
+
+    from study.defaults import PROJECT_ROOT
+    from study.plan import plan_runs
+    with open(PROJECT_ROOT / "results" / folder / "runs.csv", newline="") as f:
+        committed = {row["run_id"] for row in csv.DictReader(f)}
+    planned = {s.run_id for s in plan_runs(load_profile(name), "bccd")}
+    assert planned <= committed, sorted(planned - committed)[:3]
+
+
+def test_bf16_on_cpu_is_in_a_runs_hparams_only_when_true():
+    from study.plan import plan_runs
+    on = plan_runs(load_profile("default"), "bccd")
+    off = plan_runs(load_profile("fixed24"), "bccd")
+    assert all(s.hparams["train"]["bf16_on_cpu"] is True for s in on)
+    assert all("bf16_on_cpu" not in s.hparams["train"] for s in off)  # runs from before the key keep their ids
