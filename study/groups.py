@@ -40,8 +40,9 @@ def group_runs(rows: list[dict]) -> list[Group]:
     first_seen = {key: i for i, key in enumerate(groups)}
     teachers = {(d, b) for d, b, m in groups if m == "teacher"}
 
-    def order(g: Group) -> tuple:  # teacher, baseline, distilled students, then compressed teachers
-        role = {"teacher": 0, "baseline": 1}.get(g.method, 3 if (g.detector, g.backbone) in teachers else 2)
+    def order(g: Group) -> tuple:  # teacher, baseline, baseline-long, distilled students, compressed teachers
+        role = {"teacher": 0, "baseline": 1, "baseline-long": 2}.get(
+            g.method, 4 if (g.detector, g.backbone) in teachers else 3)
         return g.detector, role, g.backbone, first_seen[(g.detector, g.backbone, g.method)]
 
     return sorted(groups.values(), key=order)

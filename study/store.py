@@ -91,6 +91,27 @@ def _rewrite(path: Path, rows: list[dict], columns: list[str]) -> None:
     os.replace(tmp, path)
 
 
+def cell(row: dict) -> tuple:
+    """The table cell a run fills: (dataset, detector, backbone, method, seed)."""
+    return tuple(str(row.get(k) or "") for k in ("dataset", "detector", "backbone", "method", "seed"))
+
+
+def retire_superseded(path: Path, planned: dict[tuple, str]) -> list[dict]:
+    """Move the rows of ``path`` (a runs.csv) that fill a cell the plan fills with another run, i.e. the same
+    (dataset, detector, backbone, method, seed) trained with other settings, into ``superseded.csv`` beside it (kept,
+    appended), so that a study whose settings changed reports only its current runs. ``planned``: cell -> the run
+    id the plan puts there. Rows of cells the plan does not fill (another profile's rows in a shared folder) stay.
+    Returns the rows moved."""
+    path = Path(path)
+    rows = read_runs(path)
+    old = [r for r in rows if planned.get(cell(r), r["run_id"]) != r["run_id"]]
+    if old:
+        archive = path.with_name("superseded.csv")
+        _rewrite(archive, read_runs(archive) + old, COLUMNS)
+        _rewrite(path, [r for r in rows if r not in old], COLUMNS)
+    return old
+
+
 EXECUTION_COLUMNS = ["started", "profile", "runs_planned", "runs_executed", "executor", "workers", "threads_per_run",
                      "device", "wall_s", "retried"]
 

@@ -201,3 +201,27 @@ def test_reused_runs_are_not_retrained_and_only_planned_ones_are_copied(smoke, t
     assert calls == []  # the hinton rows read the copied teacher: nothing retrained
     with pytest.raises(FileNotFoundError, match="no runs to reuse"):
         reuse_runs(tmp_path / "nowhere", tmp_path, planned)
+
+
+def test_changed_settings_retire_the_old_rows_of_their_cells(smoke, tmp_path):
+    profile, out, runs_csv = smoke
+    from study.store import upsert_run
+    committed = read_runs(runs_csv)
+    for row in committed:
+        upsert_run(tmp_path / "runs.csv", row)
+    other = dict(committed[0], run_id="another-profile-row", method="prune")  # a cell this plan does not fill
+    upsert_run(tmp_path / "runs.csv", other)
+    calls = []
+    stub = {"per_class_ap": {}, "map": 0.0, "map50": 0.0}
+    changed = dict(profile, detectors=["faster_rcnn"], methods=["baseline", "baseline-long"],
+                   long_factor=profile["long_factor"] + 1)
+    study = Study(changed, tmp_path, progress=False, log=lambda *_: None)
+    study.execute = lambda spec: calls.append(spec) or dict(stub)
+    study.run(time_latency=False)
+    assert [s.method for s in calls] == ["baseline-long"]  # only the cell whose settings changed is trained
+    old = [r for r in committed if r["detector"] == "faster_rcnn" and r["method"] == "baseline-long"]
+    assert len(old) == 1 and read_runs(tmp_path / "superseded.csv") == old  # kept, not lost
+    now = read_runs(tmp_path / "runs.csv")
+    assert calls[0].run_id in {r["run_id"] for r in now} and old[0]["run_id"] not in {r["run_id"] for r in now}
+    assert len(now) == len(committed) + 1  # one row swapped; every other row, the other profile's too, stays
+    assert "another-profile-row" in {r["run_id"] for r in now}
