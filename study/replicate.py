@@ -56,18 +56,20 @@ def compare(original: list[dict], replicate: list[dict]) -> list[dict]:
     return out
 
 
-def pooled(studies: list[list[dict]]) -> list[dict]:
+def pooled(studies: list[list[dict]], reference: str = "baseline") -> list[dict]:
     """Both studies together, with the teacher as the unit: for each distilled row, every run's paired difference
-    from ``baseline`` of the same seed in its own study, averaged per teacher run; the mean over teachers with its
-    95% t-interval (k − 1 df for k teachers) and Holm over the rows of a detector. A row without a teacher
-    (``baseline-long``) has the seed as its unit. Teachers, not cells, are the unit because a method's effect
-    varies with the teacher it reads, and one study's two teachers cannot show how much."""
+    from ``reference`` (``baseline``, or ``baseline-long``: the compute control) of the same seed in its own study,
+    averaged per teacher run; the mean over teachers with its 95% t-interval (k − 1 df for k teachers) and Holm over
+    the rows of a detector. A row without a teacher (``baseline-long`` against ``baseline``) has the seed as its
+    unit; against ``baseline-long`` only the distilled rows are compared. Teachers, not cells, are the unit because
+    a method's effect varies with the teacher it reads, and one study's two teachers cannot show how much."""
+    skip = {"teacher", "baseline", reference}
     units: dict[tuple, dict] = {}
     for i, rows in enumerate(studies):
         ok = [r for r in rows if r["status"] == "ok"]
-        base = {(r["detector"], r["seed"]): float(r["map"]) for r in ok if r["method"] == "baseline"}
+        base = {(r["detector"], r["seed"]): float(r["map"]) for r in ok if r["method"] == reference}
         for r in ok:
-            if r["method"] in ("teacher", "baseline") or (r["detector"], r["seed"]) not in base:
+            if r["method"] in skip or (r["detector"], r["seed"]) not in base:
                 continue
             teacher = json.loads(r["hparams"]).get("teacher_run")
             unit = (i, "teacher", teacher) if teacher else (i, "seed", r["seed"])
@@ -117,12 +119,16 @@ def write_replication(original_dir: Path, replicate_dir: Path, out: Path, comman
         lines.append(f"| {r['detector']} | {r['backbone']} | {r['method']} | {r['mean']:.3f} ({r['n']}) | {ci} | "
                      f"{r['rep_mean']:.3f} ({r['n_rep']}) | {inside_text} | {fmt(r['delta'])}, "
                      f"{r['verdict'] or '–'} | {fmt(r['rep_delta'])}, {r['rep_verdict'] or '–'} |")
-    both = pooled([original, replicate])
-    if both:
-        lines += ["", "## Both studies pooled, the teacher as the unit", "",
-                  "Each run's difference from `baseline` of the same seed in its own study, averaged per teacher; the "
-                  "mean over the teachers of both studies with its 95% t-interval (k − 1 df); Holm over the rows of a "
-                  "detector. `baseline-long` reads no teacher: its unit is the seed.", "",
+    for reference in ("baseline", "baseline-long"):
+        both = pooled([original, replicate], reference)
+        if not both:
+            continue
+        lines += ["", "## Both studies pooled, the teacher as the unit" + (
+                      "" if reference == "baseline" else ": against `baseline-long` (the compute control)"), "",
+                  f"Each run's difference from `{reference}` of the same seed in its own study, averaged per teacher; "
+                  "the mean over the teachers of both studies with its 95% t-interval (k − 1 df); Holm over the rows "
+                  "of a detector." + (" `baseline-long` reads no teacher: its unit is the seed."
+                                      if reference == "baseline" else ""), "",
                   "| Detector | Method | Units (runs) | Δ (pts) | 95% CI | p | Holm p | Verdict |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in sorted(both, key=lambda r: (r["detector"], r["method"])):

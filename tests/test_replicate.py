@@ -72,3 +72,25 @@ def test_pooled_over_both_studies_with_the_teacher_as_the_unit(studies):
     # hinton: +0.05, +0.05 (original teachers), -0.03, -0.03 (replicate): mean +0.01, not significant
     assert rows["hinton"]["mean"] == pytest.approx(0.01) and rows["hinton"]["verdict"] == "not significant"
     assert at["verdict"] == "significant loss" and at["p_adj"] == pytest.approx(min(1.0, 2 * at["p"]))
+
+
+def test_pooled_against_the_compute_control(tmp_path):
+    # two studies with baseline, baseline-long and hinton; hinton - baseline-long per seed, worked out by hand:
+    # original seeds 0, 1, 2 (teachers t0, t1, t0): +0.01, +0.03, +0.02 -> t0 mean +0.015, t1 +0.03
+    # replicate seeds 5, 6, 7 (teachers t2, t3, t2): 0.00, +0.01, +0.02 -> t2 +0.01, t3 +0.01
+    # teacher means +0.015, +0.03, +0.01, +0.01: mean +0.01625, sd 0.0094648, 95% CI +- 3.18245 x 0.0094648 / 2
+    original = write_study(tmp_path / "o", {"baseline": [0.40, 0.40, 0.40], "baseline-long": [0.42, 0.41, 0.43],
+                                            "hinton": [0.43, 0.44, 0.45]}, [0, 1, 2], [0, 1])
+    replicate = write_study(tmp_path / "r", {"baseline": [0.40, 0.40, 0.40], "baseline-long": [0.41, 0.42, 0.40],
+                                             "hinton": [0.41, 0.43, 0.42]}, [5, 6, 7], [2, 3])
+    studies = [read_runs(original / "runs.csv"), read_runs(replicate / "runs.csv")]
+    rows = pooled(studies, "baseline-long")
+    assert [r["method"] for r in rows] == ["hinton"]  # only the distilled rows against the control
+    assert (rows[0]["n"], rows[0]["runs"], rows[0]["unit"]) == (4, 6, "teacher")
+    assert rows[0]["mean"] == pytest.approx(0.01625)
+    half = 3.18245 * 0.0094648 / 2
+    assert (rows[0]["low"], rows[0]["high"]) == (pytest.approx(0.01625 - half, abs=1e-5),
+                                                 pytest.approx(0.01625 + half, abs=1e-5))
+    assert {r["method"] for r in pooled(studies)} == {"baseline-long", "hinton"}  # against baseline: both rows
+    assert main(["replicate", "--original", str(original), "--replicate", str(replicate)]) == 0
+    assert "against `baseline-long` (the compute control)" in (original / "REPLICATION.md").read_text()
