@@ -21,7 +21,7 @@ DEFAULTS: dict = {
     "split_seed": 0,  # carves a missing val/test split from train (the dataset's split, not a run's)
     # ``baseline-long``: the student alone for this many times its epochs (rounded), the compute control: at least
     # the wall time of the slowest distilled row. 1.5 was short: 1.46x the baseline's wall time against Hinton KD's
-    # 1.64-1.74x (bf16, 2026-11-30); 2 (96 epochs) is the "2x epochs" and above Hinton's wall time
+    # 1.64-1.74x (bf16, 2026-11-30); at 2 (96 epochs) it takes 2.02-2.06x
     "long_factor": 2,
     "max_train_images": None,  # None: the whole train split
     "max_eval_images": None,  # None: the whole val / test split
