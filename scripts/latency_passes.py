@@ -1,8 +1,9 @@
 """Is a study's latency pass trustworthy? Time the models of a results folder again in several independent
 interleaved passes (the study's own procedure, ``study.cost.interleaved_latency``, with other orders) and print how
-far identical architectures lie apart in each, how well the models' ranks agree between passes (Spearman; the
-study's own pass from runs.csv included), each method's mean latency relative to its pass's median, and the
-correlation of latency with how many boxes a model keeps on the timed images. Changes nothing in the folder.
+far identical architectures (same detector, backbone and parameter count, as the report groups them) lie apart in
+each, how well the models' ranks agree between passes (Spearman; the study's own pass, runs.csv's cpu_ms,
+included), each method's mean latency relative to its pass's median, and the correlation of latency with how many
+boxes a model keeps on the timed images. Changes nothing in the folder.
 
     python scripts/latency_passes.py results/default 3 [--json FILE]   # needs the folder's checkpoints
     python scripts/latency_passes.py results/default --from-json FILE  # the analysis again, from a saved JSON
@@ -28,14 +29,12 @@ def spearman(a: list[float], b: list[float]) -> float:
     return statistics.correlation(ranks(a), ranks(b))
 
 
-def measure(folder: Path, passes: int) -> dict:
+def measure(folder: Path, rows: list[dict], passes: int) -> dict:
     import torch
 
     from study.cost import interleaved_latency
     from study.defaults import load_profile
     from study.runner import Study
-    from study.store import read_runs
-    rows = [r for r in read_runs(folder / "runs.csv") if r["status"] == "ok"]
     profile = load_profile(rows[0]["profile"])
     study = Study(profile, folder, progress=False, log=lambda *_: None)
     models = {r["run_id"]: study.evaluated_model(study.kept_spec(r["run_id"]))[0] for r in rows}
@@ -44,30 +43,31 @@ def measure(folder: Path, passes: int) -> dict:
     with torch.inference_mode():
         boxes = {k: [len(o["boxes"]) for o in m.eval()(images)] for k, m in models.items()}
     timed = {str(p): interleaved_latency(models, images, cfg, seed=100 + p) for p in range(passes)}
-    return {"boxes": boxes, "passes": timed, "study_pass": {r["run_id"]: float(r["cpu_ms"]) for r in rows}}
+    return {"boxes": boxes, "passes": timed}
 
 
-def analyse(data: dict) -> None:
-    study_pass = data["study_pass"]
-    passes = {p: {k: v["cpu_ms"] for k, v in t.items()} for p, t in data["passes"].items()} | {"study": study_pass}
-    groups: dict[str, list[str]] = {}  # identical architectures: same detector and backbone in the run id
-    for key in study_pass:
-        groups.setdefault("-".join(key.split("-")[:2]), []).append(key)
-    for arch, keys in groups.items():
+def analyse(rows: list[dict], data: dict) -> None:
+    """``rows``: the folder's runs (the study's own pass is their ``cpu_ms``); ``data``: :func:`measure`'s."""
+    passes = {p: {k: v["cpu_ms"] for k, v in t.items()} for p, t in data["passes"].items()}
+    passes["study"] = {r["run_id"]: float(r["cpu_ms"]) for r in rows}
+    groups: dict[tuple, list[dict]] = {}  # identical architectures, as the report groups them
+    for r in rows:
+        groups.setdefault((r["detector"], r["backbone"], r["params"]), []).append(r)
+    for (detector, backbone, _), members in groups.items():
+        keys = [r["run_id"] for r in members]
         if len(keys) < 2:
             continue
-        print(f"{arch} ({len(keys)} models)")
+        print(f"{detector} {backbone} ({len(keys)} models)")
         for p, t in passes.items():
             v = [t[k] for k in keys]
             print(f"  pass {p}: {min(v):.2f}-{max(v):.2f} ms, max/min {max(v) / min(v):.3f}")
         for a, b in itertools.combinations(passes if len(keys) > 2 else [], 2):  # (two models: always +-1)
             print(f"  Spearman of the models' latencies, pass {a} vs {b}: "
                   f"{spearman([passes[a][k] for k in keys], [passes[b][k] for k in keys]):+.2f}")
-        methods = sorted({k.split("-")[2] + ("-long" if "-long-" in k else "") for k in keys})
-        for m in methods:
-            ks = [k for k in keys if k.split("-")[2] + ("-long" if "-long-" in k else "") == m]
+        for method in dict.fromkeys(r["method"] for r in members):
+            ks = [r["run_id"] for r in members if r["method"] == method]
             rel = [statistics.mean(t[k] for k in ks) / statistics.median(t[k] for k in keys) for t in passes.values()]
-            print(f"  {m} ({len(ks)}): mean / pass median = {', '.join(f'{r:.4f}' for r in rel)}")
+            print(f"  {method} ({len(ks)}): mean / pass median = {', '.join(f'{x:.4f}' for x in rel)}")
         kept = [sum(data["boxes"][k]) for k in keys]
         if len(keys) > 2:
             print("  Pearson r of latency with boxes kept on the timed images: "
@@ -83,10 +83,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="save the timings here")
     parser.add_argument("--from-json", type=Path, help="analyse saved timings instead of timing")
     args = parser.parse_args()
-    data = json.loads(args.from_json.read_text()) if args.from_json else measure(args.folder, args.passes)
+    from study.store import read_runs
+    rows = [r for r in read_runs(args.folder / "runs.csv") if r["status"] == "ok"]
+    data = json.loads(args.from_json.read_text()) if args.from_json else measure(args.folder, rows, args.passes)
     if args.json:
         args.json.write_text(json.dumps(data))
-    analyse(data)
+    analyse(rows, data)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ from study.rival import execute_rival
 from study.evaluate import evaluate
 from study.images import ImageSet, canvas_size, load_images
 from study.parallel import run_parallel, worker_count
-from study.store import (append_execution, read_runs, retire_superseded, reuse_runs, upsert_run, upsert_runs,
-                         val_curve)
+from study.store import (append_execution, cell, read_runs, retire_superseded, reuse_runs, upsert_run,
+                         upsert_runs, val_curve)
 from study.train import seed_everything, train
 
 
@@ -272,14 +272,14 @@ class Study:
         model that lacks a latency (unless ``time_latency`` is False: the caller is not alone on the machine)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         specs = specs if specs is not None else plan_runs(self.profile, self.data().name, tuned)
-        # finished: failed, or ok and either its checkpoint is here or no run of the plan reads it (a fresh clone
-        # has the committed runs.csv but no checkpoints: it retrains the teachers the remaining runs read, and
-        # keeps the committed leaf rows, so a study longer than a sitting resumes in the next one)
-        retired = retire_superseded(self.runs_csv, {
-            (self.data().name, s.detector, s.backbone, s.method, str(s.seed)): s.run_id for s in specs})
+        retired = retire_superseded(self.runs_csv, {cell(vars(s) | {"dataset": self.data().name}): s.run_id
+                                                    for s in specs})
         if retired:
             self.log(f"{len(retired)} row(s) of runs.csv trained with earlier settings moved to superseded.csv: "
                      + ", ".join(r["run_id"] for r in retired))
+        # finished: failed, or ok and either its checkpoint is here or no run of the plan reads it (a fresh clone
+        # has the committed runs.csv but no checkpoints: it retrains the teachers the remaining runs read, and
+        # keeps the committed leaf rows, so a study longer than a sitting resumes in the next one)
         read = {r for spec in specs for r in spec.reads()}
         done = {r["run_id"] for r in read_runs(self.runs_csv) if r["status"] == "failed" or
                 (r["status"] == "ok" and (r["run_id"] not in read or

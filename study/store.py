@@ -92,8 +92,9 @@ def _rewrite(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 
 def cell(row: dict) -> tuple:
-    """The table cell a run fills: (dataset, detector, backbone, method, seed)."""
-    return tuple(str(row.get(k) or "") for k in ("dataset", "detector", "backbone", "method", "seed"))
+    """The table cell a run fills: (dataset, detector, backbone, method, seed), from a row (or a spec's fields)."""
+    keys = ("dataset", "detector", "backbone", "method", "seed")
+    return tuple("" if row.get(k) is None else str(row[k]) for k in keys)  # (seed 0 is a seed, not a blank)
 
 
 def retire_superseded(path: Path, planned: dict[tuple, str]) -> list[dict]:
@@ -103,12 +104,13 @@ def retire_superseded(path: Path, planned: dict[tuple, str]) -> list[dict]:
     id the plan puts there. Rows of cells the plan does not fill (another profile's rows in a shared folder) stay.
     Returns the rows moved."""
     path = Path(path)
-    rows = read_runs(path)
-    old = [r for r in rows if planned.get(cell(r), r["run_id"]) != r["run_id"]]
+    keep, old = [], []
+    for r in read_runs(path):
+        (keep if planned.get(cell(r), r["run_id"]) == r["run_id"] else old).append(r)
     if old:
         archive = path.with_name("superseded.csv")
         _rewrite(archive, read_runs(archive) + old, COLUMNS)
-        _rewrite(path, [r for r in rows if r not in old], COLUMNS)
+        _rewrite(path, keep, COLUMNS)
     return old
 
 
