@@ -2,17 +2,23 @@
 from __future__ import annotations
 
 import json
+import tempfile
 
 from study.bench.benchmarks import bench_scaling, run_bench
 from study.defaults import load_profile
 
 
-def test_bench_writes_every_section(tmp_path):
+def test_bench_writes_every_section(tmp_path, monkeypatch):
     profile = load_profile("smoke")
     settings = {"train_images": 8, "val_images": 4, "eval_images": 4, "epochs": 2, "reference_epochs": 2,
                 "scaling_base": None}
-    report = run_bench(profile, tmp_path, settings=settings, log=lambda *_: None)
-    saved = json.loads((tmp_path / "bench.json").read_text())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    out = tmp_path / "out"
+    report = run_bench(profile, out, settings=settings, log=lambda *_: None)
+    assert not list(scratch.glob("bench-*"))  # its checkpoints are gone with the temporary folder
+    saved = json.loads((out / "bench.json").read_text())
     assert saved["machine"] == report["machine"] and saved["data"]["decode_img_s"] > 0
     trained = {(t["detector"], t["role"], t["method"]) for t in saved["training"]}
     for detector in profile["detectors"]:
@@ -29,7 +35,7 @@ def test_bench_writes_every_section(tmp_path):
     assert len(saved["eval"]) == len(saved["latency_ms"]) == 2 * len(profile["detectors"])
     layout = [t for t in saved["training"] if t["method"] in ("plain", "baseline")]
     assert layout and all(t["img_s_nchw"] > 0 for t in layout)  # before / after channels-last
-    text = (tmp_path / "bench.md").read_text()
+    text = (out / "bench.md").read_text()
     for heading in ("## Data pipeline", "## Training throughput", "## Against the tools", "## Evaluation and latency",
                     "Training memory layout"):
         assert heading in text
