@@ -54,7 +54,8 @@ def test_a_teacher_no_run_reads_is_not_planned():
 @pytest.mark.parametrize("name, folder", [("fixed24", "fixed24"), ("fixed24-replication", "fixed24-replication"),
                                           ("teacher40", "teacher40"), ("schedule", "schedule"),
                                           ("converged", "converged"), ("rebalance", "rebalance"), ("yolo", "yolo"),
-                                          ("fixed48", "fixed48"), ("fixed48-replication", "fixed48-replication")])
+                                          ("fixed48", "fixed48"), ("fixed48-replication", "fixed48-replication"),
+                                          ("default", "default")])
 def test_profiles_still_plan_their_committed_runs(name, folder):
     """A profile whose results are committed pins the settings they were made with: changing a default must not
     change the run ids it plans (a rerun or ``--reuse`` would otherwise train everything again)."""
