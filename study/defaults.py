@@ -20,9 +20,9 @@ DEFAULTS: dict = {
     "teacher_seeds": [0, 1],
     "split_seed": 0,  # carves a missing val/test split from train (the dataset's split, not a run's)
     # ``baseline-long``: the student alone for this many times its epochs (rounded), the compute control: at least
-    # the wall time of the slowest distilled row. With 64-epoch students Hinton KD took 538-576 s a run, 1.69-1.81x
-    # the baseline's 316-321 s, and 1.75 gave 548-556 s, below Hinton's longest (bf16, 2026-11-30, results/default);
-    # 2 (128 epochs) is the "2x epochs" and above Hinton's time
+    # the wall time of the slowest distilled row. With 64-epoch students Hinton KD trains 536-574 s a run, 1.68-1.82x
+    # the baseline's 315-320 s, and 1.75 gave 547-555 s, below Hinton's longest (bf16, 2026-11-30, results/default);
+    # 2 (128 epochs, 619-690 s) is the "2x epochs" and above Hinton's time
     "long_factor": 2,
     "max_train_images": None,  # None: the whole train split
     "max_eval_images": None,  # None: the whole val / test split
@@ -34,7 +34,7 @@ DEFAULTS: dict = {
         # 64 epochs: the student's plateau. At 48 (results/fixed48 and its replication) all 10 runs alone peaked in
         # their last 20% of epochs; at 64, pilots of seeds 0-3 peaked at epochs 40, 47, 63 and 60, the last two
         # adding +0.02 and +0.25 validation points over their best before epoch 52 (a flat curve under the cosine
-        # decay); 24 epochs were 4.5 test points short (results/fixed24)
+        # decay); 128 epochs then added -0.2 test points (results/default); 24 were 4.5 short (results/fixed24)
         "student": {"backbone": "shallow", "fpn_channels": 64, "roi_dim": 128, "epochs": 64},
         "shape": {"anchor_sizes": [16, 32, 64, 128], "rpn_pre_nms_train": 1000, "rpn_post_nms_train": 500,
                   "rpn_pre_nms_test": 500, "rpn_post_nms_test": 200, "rpn_batch_per_image": 256,
