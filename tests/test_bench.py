@@ -36,6 +36,9 @@ def test_bench_writes_every_section(tmp_path, monkeypatch):
     layout = [t for t in saved["training"] if t["method"] in ("plain", "baseline")]
     assert layout and all(t["img_s_nchw"] > 0 for t in layout)  # before / after channels-last
     text = (out / "bench.md").read_text()
+    ours = "bf16 autocast" if profile["train"]["bf16_on_cpu"] else "fp32"  # the reference loops run fp32
+    assert "faster_rcnn" in saved["default_study"]  # the committed results/default, found from the package
+    assert saved["precision"] == {"ours": ours, "theirs": "fp32"} and f"Precision: ours {ours}, theirs fp32" in text
     for heading in ("## Data pipeline", "## Training throughput", "## Against the tools", "## Evaluation and latency",
                     "Training memory layout"):
         assert heading in text

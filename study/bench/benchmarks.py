@@ -35,6 +35,7 @@ from detectors import declaration
 from methods.distill.distiller import Distiller, TeacherCache
 from study.cost import count_gflops, latency_ms
 from study.data import DetectionData
+from study.defaults import PROJECT_ROOT
 from study.evaluate import coco_ground_truth, coco_metrics, predict
 from study.images import ImageSet, canvas_size, flip_batch, load_images
 from study.bench.markdown import bench_markdown
@@ -227,7 +228,11 @@ def _run_bench(profile: dict, out: Path, work: Path, data_spec: str | None, devi
     report = {"machine": describe_device(study.device), "torch_threads": torch.get_num_threads(),
               "versions": {"python": platform.python_version(), "torch": torch.__version__,
                            "ultralytics": __import__("ultralytics").__version__},
-              "dataset": data.name, "image_size": profile["image_size"], "settings": settings}
+              "dataset": data.name, "image_size": profile["image_size"], "settings": settings,
+              # the harness trains under bf16 autocast on a GPU always, on the CPU where the profile says so; the
+              # reference loops here run fp32 (torchvision's loop without autocast, ultralytics with amp=False)
+              "precision": {"ours": "bf16 autocast" if study.device.type == "cuda" or profile["train"]["bf16_on_cpu"]
+                            else "fp32", "theirs": "fp32"}}
     log("bench: data pipeline")
     report["data"] = bench_data(study, settings["train_images"], profile["train"]["batch_size"])
 
@@ -338,7 +343,7 @@ def _run_bench(profile: dict, out: Path, work: Path, data_spec: str | None, devi
     if settings["scaling_base"]:
         log("bench: study wall time scaling")
         report["scaling"] = bench_scaling(profile, settings["scaling_base"], work / "scaling", data_spec)
-    report["default_study"] = default_study_wall(Path(__file__).resolve().parent.parent / "results" / "default")
+    report["default_study"] = default_study_wall(PROJECT_ROOT / "results" / "default")  # the committed default
     report["bench_wall_s"] = time.perf_counter() - started
     (out / "bench.json").write_text(json.dumps(report, indent=1))
     (out / "bench.md").write_text(bench_markdown(report))
