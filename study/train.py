@@ -116,6 +116,12 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def trains_bf16(device: torch.device, cfg: dict) -> bool:
+    """Whether training steps run under bf16 autocast: always on a GPU; on the CPU when ``bf16_on_cpu`` (evaluation
+    stays fp32 either way)."""
+    return device.type == "cuda" or bool(cfg.get("bf16_on_cpu"))
+
+
 def train(model: torch.nn.Module, loss_fn: Callable, student: torch.nn.Module, train_set: ImageSet,
           val_set: ImageSet, class_names: list[str], cfg: dict, epochs: int, seed: int, run_dir: Path,
           device: torch.device, progress: bool = True, on_epoch: Callable[[dict], None] | None = None) -> dict:
@@ -141,8 +147,7 @@ def train(model: torch.nn.Module, loss_fn: Callable, student: torch.nn.Module, t
                                                                          total_steps, warmup))
     momentum_warmup = cfg.get("warmup_momentum") if cfg["optimizer"] == "sgd" else None
     global_step = 0
-    # bf16 autocast: always on a GPU; on the CPU when ``bf16_on_cpu`` (evaluation stays fp32 either way)
-    use_amp = device.type == "cuda" or bool(cfg.get("bf16_on_cpu"))
+    use_amp = trains_bf16(device, cfg)
     sync_free = device.type == "cuda"  # on a GPU, losses are checked once per epoch instead of every step
     val_gt = coco_ground_truth(val_set, class_names)
     history, best_map, best_epoch = [], -1.0, -1

@@ -43,7 +43,7 @@ from study.plan import RunSpec, detector_config, plan_detector
 from study.runner import Study, build_model, describe_device
 from study.store import read_runs
 from study.bench.reference_tools import torchvision_stock_train
-from study.train import train
+from study.train import train, trains_bf16
 
 BENCH_DEFAULTS = {"train_images": 96, "epochs": 2, "val_images": 8, "reference_epochs": 3, "eval_images": 72,
                   "scaling_base": {"max_train_images": 16, "epochs": 2, "seeds": [0]}}
@@ -229,10 +229,9 @@ def _run_bench(profile: dict, out: Path, work: Path, data_spec: str | None, devi
               "versions": {"python": platform.python_version(), "torch": torch.__version__,
                            "ultralytics": __import__("ultralytics").__version__},
               "dataset": data.name, "image_size": profile["image_size"], "settings": settings,
-              # the harness trains under bf16 autocast on a GPU always, on the CPU where the profile says so; the
-              # reference loops here run fp32 (torchvision's loop without autocast, ultralytics with amp=False)
-              "precision": {"ours": "bf16 autocast" if study.device.type == "cuda" or profile["train"]["bf16_on_cpu"]
-                            else "fp32", "theirs": "fp32"}}
+              # the reference loops here run fp32 (torchvision's loop without autocast, ultralytics with amp=False)
+              "precision": {"ours": "bf16 autocast" if trains_bf16(study.device, profile["train"]) else "fp32",
+                            "theirs": "fp32"}}
     log("bench: data pipeline")
     report["data"] = bench_data(study, settings["train_images"], profile["train"]["batch_size"])
 
