@@ -5,6 +5,8 @@
 - ``shallow``: the paper's idea of a shallow student: one BasicBlock per stage instead of two to three, and
   channels (24 stem, 32/64/128 at C3/C4/C5) a quarter of ResNet-18's. About 0.3 M parameters against
   ResNet-18's 11.2 M and ResNet-50's 23.5 M (see ``tests/test_detectors.py`` and the README for measured counts).
+- ``shallow-xs``, ``shallow-s`` and ``shallow-l``: the same body at a quarter, half and twice those widths, the
+  smaller and larger students of a size grid.
 
 BatchNorm layers are ordinary trainable ``nn.BatchNorm2d`` (structured pruning needs them).
 """
@@ -63,6 +65,9 @@ BODIES = {
     "resnet50": (lambda: ResNetBody(resnet50(weights=None)), (512, 1024, 2048)),
     "resnet18": (lambda: ResNetBody(resnet18(weights=None)), (128, 256, 512)),
     "shallow": (lambda: ShallowBody(), (32, 64, 128)),
+    "shallow-xs": (lambda: ShallowBody(6, (8, 16, 32)), (8, 16, 32)),
+    "shallow-s": (lambda: ShallowBody(12, (16, 32, 64)), (16, 32, 64)),
+    "shallow-l": (lambda: ShallowBody(48, (64, 128, 256)), (64, 128, 256)),
 }
 
 

@@ -41,9 +41,10 @@ YOLO_MODELS: dict[str, tuple[str, str | list]] = {
     "yolov8m": ("yolov8.yaml", "m"),
     "yolo11n": ("yolo11.yaml", "n"),
     "yolo11s": ("yolo11.yaml", "s"),
-    # truly small students: YOLOv8n's depth with half (and a quarter of) its width
+    # truly small students: YOLOv8n's depth with half, a quarter (and an eighth) of its width
     "yolov8t": ("yolov8.yaml", [0.33, 0.125, 1024]),
     "yolov8p": ("yolov8.yaml", [0.33, 0.0625, 1024]),
+    "yolov8f": ("yolov8.yaml", [0.33, 0.03125, 1024]),  # the smallest of a size grid: a 32nd of its width
 }
 # ultralytics' default loss gains and its validator's NMS settings
 YOLO_DEFAULTS = {"box": 7.5, "cls": 0.5, "dfl": 1.5, "conf": 0.001, "iou": 0.7, "max_det": 300}
