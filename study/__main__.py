@@ -9,6 +9,13 @@ from pathlib import Path
 from study.data import DataError
 
 
+def write_frontier_of(study, runs_csv: Path, out: Path) -> Path:
+    """FRONTIER.md for a study's runs.csv, with the test-image bootstrap against its test split."""
+    from study.frontier_report import write_frontier
+    cfg = study.profile["report"]
+    return write_frontier(runs_csv, out, study.test_ground_truth(), cfg["bootstrap"], cfg["bootstrap_seed"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -24,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--address", help="with --executor ray: the cluster's HOST:PORT (default: start a local Ray)")
     run.add_argument("--reuse", action="append", default=[], metavar="DIR",
                      help="copy finished runs with the same run ids from another results folder (repeatable)")
+    run.add_argument("--val-only", action="store_true",
+                     help="design pilots: train and record validation mAP only (no test evaluation, latency or "
+                          "report), so that a design can be fixed before any test number exists")
     run.add_argument("--tuned", action="store_true", help="use each method's best search trial (see search)")
     run.add_argument("--storage", help="Optuna storage of the searches for --tuned (default: SQLite in --out)")
     search = sub.add_parser("search", help="Optuna search of a method's hyperparameters on the validation split")
@@ -76,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     replicate.add_argument("--out", help="output file (default: ORIGINAL/REPLICATION.md)")
     replicate.add_argument("--profile", default="replication", help="the profile that made the rerun (for the "
                            "command written into the file)")
+    frontier = sub.add_parser("frontier", help="write FRONTIER.md and its figures from a study's runs.csv")
+    frontier.add_argument("--runs", required=True, help="a runs.csv (its detections/ beside it for the bootstrap)")
+    frontier.add_argument("--out", help="output folder (default: the runs.csv's folder)")
+    frontier.add_argument("--profile", default="frontier", help="profile whose data and report settings are used")
+    frontier.add_argument("--data", help="dataset spec (default: the profile's)")
     report = sub.add_parser("report", help="write tables from a runs.csv")
     report.add_argument("--runs", required=True, help="a runs.csv")
     report.add_argument("--out", required=True, help="output folder")
@@ -98,10 +113,16 @@ def main(argv: list[str] | None = None) -> int:
             if args.executor or args.address:
                 profile["execution"] = profile["execution"] | {"executor": args.executor or "ray",
                                                                "address": args.address}
-            study = Study(profile, out, args.data, args.device, progress=not args.no_progress, workers=args.workers)
+            study = Study(profile, out, args.data, args.device, progress=not args.no_progress, workers=args.workers,
+                          val_only=args.val_only)
             study.reuse(args.reuse, tuned)
             runs_csv = study.run(tuned=tuned)
-            print(f"wrote {runs_csv} and {write_report(runs_csv, out)}")
+            if args.val_only:
+                print(f"wrote {runs_csv}")
+            else:
+                print(f"wrote {runs_csv} and {write_report(runs_csv, out)}")
+                if profile["report"]["frontier"]:
+                    print(f"wrote {write_frontier_of(study, runs_csv, out)}")
         elif args.command == "search":
             from study.search import search as run_search
             st = run_search(profile, args.method, args.n_trials, out, args.storage, args.data, args.device,
@@ -131,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
             from study.runner import Study
             runs_csv = run_rival(Study(profile, out, args.data, args.device, progress=False))
             print(f"wrote {runs_csv} and {write_report(runs_csv, out)}")
+        elif args.command == "frontier":
+            from study.defaults import load_profile
+            from study.runner import Study
+            study = Study(load_profile(args.profile), Path(args.runs).parent, args.data, progress=False)
+            print(f"wrote {write_frontier_of(study, Path(args.runs), Path(args.out or Path(args.runs).parent))}")
         elif args.command == "replicate":
             from study.replicate import write_replication
             out = Path(args.out) if args.out else Path(args.original) / "REPLICATION.md"

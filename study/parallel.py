@@ -58,11 +58,12 @@ def _die_with_parent() -> None:
 
 
 def _worker(conn, study_class, profile: dict, out_dir, data_spec: str, device: str, verbose: bool,
-            threads: int) -> None:
+            threads: int, val_only: bool = False) -> None:
     _die_with_parent()
     torch.set_num_threads(threads)
     # the study's class arrives pickled by reference (its module is imported here): this module imports no runner
-    study = study_class(profile, out_dir, data_spec, device, progress=False, log=lambda *_: None)  # no bars
+    study = study_class(profile, out_dir, data_spec, device, progress=False, log=lambda *_: None,  # no bars
+                        val_only=val_only)
     study.data()  # its warnings were printed by the parent
     study.log = print if verbose else (lambda *_: None)
     while True:
@@ -80,7 +81,8 @@ class _Worker:
         self.conn, child = ctx.Pipe()
         self.device = device
         self.process = ctx.Process(target=_worker, daemon=True, args=(
-            child, type(study), study.profile, study.out_dir, study.data_spec, device, study.log is print, threads))
+            child, type(study), study.profile, study.out_dir, study.data_spec, device, study.log is print, threads,
+            getattr(study, "val_only", False)))
         self.process.start()
         child.close()
         self.job = None  # the schedule.Job being run

@@ -29,7 +29,7 @@ from study.cost import interleaved_latency, latency_ms, measure
 from study.data import DetectionData, load_dataset
 from study.plan import SHAPE_KEYS, RunSpec, plan_detector, plan_runs
 from study.rival import execute_rival
-from study.evaluate import evaluate
+from study.evaluate import coco_ground_truth, evaluate
 from study.images import ImageSet, canvas_size, load_images
 from study.parallel import run_parallel, worker_count
 from study.store import (append_execution, cell, read_runs, retire_superseded, reuse_runs, upsert_run,
@@ -63,8 +63,9 @@ def describe_device(device: torch.device) -> str:
 
 class Study:
     def __init__(self, profile: dict, out_dir: Path, data_spec: str | None = None, device: str | None = None,
-                 progress: bool = True, log=print, workers: int | None = None):
+                 progress: bool = True, log=print, workers: int | None = None, val_only: bool = False):
         self.profile = profile
+        self.val_only = val_only  # design pilots: train and validate, never touch the test split
         self.out_dir = Path(out_dir)
         configure_ultralytics(self.out_dir / ".ultralytics")  # its settings file stays in the results folder
         self.runs_csv = self.out_dir / "runs.csv"
@@ -124,11 +125,11 @@ class Study:
         train_set, val_set = self.image_set("train"), self.image_set("val")
         # everything that may draw random numbers or not depending on what this process did before (loading
         # the teacher builds a model) comes first; then the run's seed, then everything the run builds
-        teacher = self.teacher_cache(spec.hparams["teacher_run"]) if "distill" in spec.hparams else None
+        teacher = self.teacher_cache(spec.hparams["teacher_run"]) if "teacher_run" in spec.hparams else None
         seed_everything(spec.seed)
         model = model if model is not None else self.build(spec)
         distiller = None
-        if teacher is not None:
+        if "distill" in spec.hparams:  # distilled, or a teacher-free control (label smoothing)
             steps = math.ceil(len(train_set) / (train_cfg or spec.hparams["train"])["batch_size"])
             distiller = Distiller(model, teacher, spec.hparams["distill"], steps_per_epoch=steps)
             wrapped, loss_fn = distiller, distiller
@@ -151,13 +152,16 @@ class Study:
         if spec.hparams.get("trainer") == "ultralytics":  # the rival: ultralytics' own trainer (study.rival)
             return execute_rival(self, spec)
         model, adapter_params, result = self.train_run(spec, self.out_dir / "runs" / spec.run_id)
-        test_set = self.image_set("test")
-        metrics = evaluate(model, test_set, self.data().class_names, self.device)
-        costs = measure(model, test_set.images[0].float().div(255), self.out_dir / "runs" / spec.run_id / "best.pt")
         self.keep_spec(spec)
-        out = costs | metrics | {"adapter_params": adapter_params, "val_map": result["best_val_map"],
-                                 "best_epoch": result["best_epoch"], "val_curve": val_curve(result["history"]),
-                                 "train_s": result["train_s"]}
+        validated = {"adapter_params": adapter_params, "val_map": result["best_val_map"],
+                     "best_epoch": result["best_epoch"], "val_curve": val_curve(result["history"]),
+                     "train_s": result["train_s"]}
+        if self.val_only:
+            return validated
+        test_set = self.image_set("test")
+        metrics = evaluate(model, test_set, self.data().class_names, self.device, save_to=self.detections_file(spec))
+        costs = measure(model, test_set.images[0].float().div(255), self.out_dir / "runs" / spec.run_id / "best.pt")
+        out = costs | metrics | validated
         if "resolved_weights" in result:  # the weights it trained with (a balanced term's is measured)
             out["hparams"] = json.dumps(spec.hparams | {"resolved_weights": result["resolved_weights"]},
                                         sort_keys=True)
@@ -165,6 +169,14 @@ class Study:
 
     def execute_compression(self, spec: RunSpec) -> dict:
         return execute_compression(self, spec)
+
+    def test_ground_truth(self):
+        """The test split's COCO ground truth, as every run was scored against (the bootstrap's reference)."""
+        return coco_ground_truth(self.image_set("test"), self.data().class_names)
+
+    def detections_file(self, spec: RunSpec) -> Path:
+        """Where a run's test detections are kept (committed with the results: the bootstrap over test images)."""
+        return self.out_dir / "detections" / f"{spec.run_id}.json.gz"
 
     # -------------------------------------------------------------- latency, measured alone, all models together
     def _spec_file(self, run_id: str) -> Path:
@@ -241,10 +253,12 @@ class Study:
         row = self.row_of(spec)
         try:
             result = self.execute(spec)
-            result["per_class_ap"] = json.dumps(result["per_class_ap"])
+            if "per_class_ap" in result:
+                result["per_class_ap"] = json.dumps(result["per_class_ap"])
             row |= result | {"status": "ok", "error": "", "wall_s": round(time.perf_counter() - started, 1)}
-            self.log(f"{label} {spec.run_id}: mAP {result['map']:.3f} AP50 {result['map50']:.3f} "
-                     f"({time.perf_counter() - started:.0f} s)")
+            score = (f"val mAP {result['val_map']:.3f}" if self.val_only else
+                     f"mAP {result['map']:.3f} AP50 {result['map50']:.3f}")
+            self.log(f"{label} {spec.run_id}: {score} ({time.perf_counter() - started:.0f} s)")
         except Exception as exc:  # recorded, and the study goes on
             message = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
             (self.out_dir / "runs" / spec.run_id).mkdir(parents=True, exist_ok=True)
@@ -303,7 +317,7 @@ class Study:
             else:
                 for label, spec in todo:
                     record(self.run_one(spec, label))
-        if time_latency:
+        if time_latency and not self.val_only:
             self.measure_deferred_latency()
         if todo:
             append_execution(self.out_dir / "executions.csv", {
