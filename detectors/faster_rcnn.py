@@ -145,7 +145,8 @@ FAMILY = {
     "name": "faster_rcnn",
     "input": "backbone",  # the module whose first input is the normalised image batch
     "taps": TORCHVISION_TAPS,  # each tap is the key of the same name in its module's output dict
-    "roi": {"pool": "roi_heads.box_roi_pool", "head": "roi_heads.box_head", "predictor": "roi_heads.box_predictor"},
+    "roi": {"pool": "roi_heads.box_roi_pool", "head": "roi_heads.box_head", "predictor": "roi_heads.box_predictor",
+            "classifier_loss": "loss_classifier"},  # the key of its softmax cross-entropy in the losses
     "tap_channels": torchvision_tap_channels,
     "teacher": torchvision_features,
     "anchors": rpn_anchors,

@@ -209,3 +209,36 @@ def test_terms_are_fp32_under_bf16_autocast_and_match_fp32(method):
     for k, v in again.items():
         assert v.dtype == torch.float32
         torch.testing.assert_close(kd[k].detach() / distiller.weights[method], v, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("eps", [0.05, 0.2])
+def test_label_smoothing_needs_no_teacher_and_gives_torchs_smoothed_cross_entropy(monkeypatch, eps):
+    """The ``ls`` control: no teacher; the classifier's loss plus its term equals ``F.cross_entropy`` with
+    ``label_smoothing`` over the RoIs the head sampled (their labels caught where torchvision computes its loss)."""
+    import torchvision.models.detection.roi_heads as roi_heads
+    seen = {}
+    original = roi_heads.fastrcnn_loss
+
+    def catch(class_logits, box_regression, labels, regression_targets):
+        seen["logits"], seen["labels"] = class_logits, torch.cat(labels)
+        return original(class_logits, box_regression, labels, regression_targets)
+
+    monkeypatch.setattr(roi_heads, "fastrcnn_loss", catch)
+    student, _ = pair()
+    distiller = Distiller(student, None, {"ls": {"weight": eps}})
+    distiller.train()
+    images, targets = batch()
+    losses = distiller(images, targets, keys=None)
+    expected = torch.nn.functional.cross_entropy(seen["logits"], seen["labels"], label_smoothing=eps)
+    torch.testing.assert_close(losses["loss_classifier"] + losses["kd_ls"], expected, rtol=1e-5, atol=1e-6)
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in student.roi_heads.box_predictor.parameters())
+
+
+def test_label_smoothing_is_refused_where_it_cannot_work():
+    student, teacher = pair("yolo")
+    with pytest.raises(ValueError, match="ls smooths a softmax RoI classifier"):
+        Distiller(student, None, {"ls": {"weight": 0.1}})
+    student, _ = pair()
+    with pytest.raises(ValueError, match="hinton needs a teacher"):
+        Distiller(student, None, {"hinton": HP["hinton"], "ls": {"weight": 0.1}})

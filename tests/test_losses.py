@@ -156,3 +156,23 @@ def test_sigmoid_kd_hand_value():
     # mean over rows: a repeated row gives the same value; equal logits give zero
     assert sigmoid_kd_loss(s.repeat(3, 1), t.repeat(3, 1), 2.0).item() == pytest.approx(expected, abs=1e-5)
     assert sigmoid_kd_loss(t, t.clone(), 4.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+# ------------------------------------------------------------------ label smoothing (the teacher-free control)
+def test_label_smoothing_term_turns_cross_entropy_into_torchs_label_smoothing():
+    from methods.distill.losses import label_smoothing_term
+    torch.manual_seed(0)
+    logits, labels = torch.randn(7, 4), torch.randint(0, 4, (7,))
+    ce = F.cross_entropy(logits, labels)
+    for eps in (0.05, 0.1, 0.3):
+        smoothed = ce + eps * label_smoothing_term(logits, ce)
+        assert smoothed.item() == pytest.approx(F.cross_entropy(logits, labels, label_smoothing=eps).item(), abs=1e-6)
+
+
+def test_label_smoothing_term_hand_value():
+    from methods.distill.losses import label_smoothing_term
+    # two classes, logits (0, ln 3): log p = (ln 1/4, ln 3/4); U = -(ln 1/4 + ln 3/4)/2; label 1: CE = -ln 3/4
+    logits = torch.tensor([[0.0, math.log(3.0)]])
+    ce = torch.tensor(-math.log(0.75))
+    expected = -(math.log(0.25) + math.log(0.75)) / 2 + math.log(0.75)
+    assert label_smoothing_term(logits, ce).item() == pytest.approx(expected, abs=1e-6)

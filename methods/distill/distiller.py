@@ -25,12 +25,14 @@ from detectors import declaration, module_at
 from detectors.faster_rcnn import grid_centres
 from methods.distill.adapters import FeatureAdapter
 from methods.distill.losses import (attention_transfer_loss, cwd_loss, fgfi_loss, fgfi_mask, fitnets_loss,
-                                    hinton_kd_loss, ld_loss, nst_loss, nst_teacher_kernel, pkd_loss, sigmoid_kd_loss)
+                                    hinton_kd_loss, label_smoothing_term, ld_loss, nst_loss, nst_teacher_kernel,
+                                    pkd_loss, sigmoid_kd_loss)
 
 FEATURE_LOSSES = {"fitnets": fitnets_loss, "at": attention_transfer_loss, "nst": nst_loss, "pkd": pkd_loss,
                   "cwd": cwd_loss, "fgfi": fgfi_loss}
 ADAPTED = ("fitnets", "pkd", "cwd", "fgfi")  # compare the student's map after a 1x1 adapter to the teacher's shape
-METHODS = ("hinton", "ld") + tuple(FEATURE_LOSSES)
+TEACHER_FREE = ("ls",)  # label smoothing: a control with the same code path and no teacher
+METHODS = ("hinton", "ld") + tuple(FEATURE_LOSSES) + TEACHER_FREE
 ANCHOR_FREE_SCALE = 8  # FGFI on anchor-free heads: one square anchor of 8 x stride per point (ATSS's base anchor)
 
 
@@ -42,6 +44,11 @@ def parse_method(method: str) -> list[str]:
     if unknown or not parts:
         raise ValueError(f"unknown distillation method '{method}' (parts: {', '.join(METHODS)}, joined by '+')")
     return parts
+
+
+def needs_teacher(method: str) -> bool:
+    """Whether a method (``"hinton+ls"``, ``"ls"``) reads a teacher: any part that is not a teacher-free control."""
+    return any(p not in TEACHER_FREE for p in parse_method(method))
 
 
 # ------------------------------------------------------------------ one hook registrar for every family
@@ -137,7 +144,7 @@ class Distiller(nn.Module):
     :meth:`resolved_weights` gives the weights used (a re-balanced method's as the list of its blocks' weights).
     """
 
-    def __init__(self, student: nn.Module, teacher_cache: TeacherCache, methods: dict[str, dict],
+    def __init__(self, student: nn.Module, teacher_cache: TeacherCache | None, methods: dict[str, dict],
                  steps_per_epoch: int | None = None):
         super().__init__()
         self.student = student
@@ -145,7 +152,11 @@ class Distiller(nn.Module):
         self.methods = methods
         self.family = declaration(student)
         name = self.family["name"]
-        if name != teacher_cache.family["name"]:
+        if teacher_cache is None and any(m not in TEACHER_FREE for m in methods):
+            raise ValueError(f"{', '.join(m for m in methods if m not in TEACHER_FREE)} needs a teacher")
+        if "ls" in methods and "roi" not in self.family:
+            raise ValueError(f"ls smooths a softmax RoI classifier (Faster R-CNN), which {name} does not have")
+        if teacher_cache is not None and name != teacher_cache.family["name"]:
             raise ValueError(f"a {name} student needs a {name} teacher, not {teacher_cache.family['name']}")
         if "ld" in methods and "dense_boxes" not in self.family:
             raise ValueError(f"ld needs a head that predicts box-edge distributions (YOLO), not {name}")
@@ -154,7 +165,8 @@ class Distiller(nn.Module):
         self._teacher_kernels: dict = {}  # NST's K(t, t) per (tap, image, flip)
         self._hooks = register_hooks(student, self.family, self._captured)
         self.adapters = nn.ModuleDict()
-        s_ch, t_ch = self.family["tap_channels"](student), self.family["tap_channels"](teacher_cache.teacher)
+        s_ch = self.family["tap_channels"](student)
+        t_ch = self.family["tap_channels"](teacher_cache.teacher) if teacher_cache is not None else {}
         for method in ADAPTED:
             for tap in methods.get(method, {}).get("taps", []):
                 if tap not in s_ch:
@@ -247,8 +259,13 @@ class Distiller(nn.Module):
                 self._teacher_kernels[(tap, keys[i])] = value
         return torch.stack([self._teacher_kernels[(tap, k)] for k in keys]).mean()
 
-    def _raw_terms(self, name: str, hp: dict, teacher: dict, targets: list[dict], keys) -> dict[str, torch.Tensor]:
-        """A method's unweighted terms, one per tap (``kd_<method>_<tap>``) or one for the method."""
+    def _raw_terms(self, name: str, hp: dict, teacher: dict, targets: list[dict], keys,
+                   losses: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """A method's unweighted terms, one per tap (``kd_<method>_<tap>``) or one for the method; ``losses`` are
+        the student's own (label smoothing reads its classifier's cross-entropy there)."""
+        if name == "ls":
+            classifier_loss = losses[self.family["roi"]["classifier_loss"]]
+            return {"kd_ls": label_smoothing_term(self._captured["roi_logits"].float(), classifier_loss.float())}
         if name == "hinton":
             return {"kd_hinton": self._hinton(hp, teacher)}
         if name == "ld":
@@ -313,13 +330,13 @@ class Distiller(nn.Module):
         self._captured.clear()
         losses = self.student(images, targets)
         detector_loss = sum(losses.values())
-        teacher = self.teacher_cache.features(self._captured["x"], keys)
+        teacher = self.teacher_cache.features(self._captured["x"], keys) if self.teacher_cache is not None else {}
         scale = len(images) if self.batch_scaled else 1
         self.last_raw = {}  # each method's unweighted terms (times the batch scale), detached: no host sync
         for name, hp in self.methods.items():
             # the terms in fp32 even when the detector trains under bf16 autocast (fp32 inputs, autocast off)
             with torch.autocast(self._captured["x"].device.type, enabled=False):
-                terms = self._raw_terms(name, hp, teacher, targets, keys)
+                terms = self._raw_terms(name, hp, teacher, targets, keys, losses)
             raw = {k: scale * v for k, v in terms.items()}
             self.last_raw[name] = {k: v.detach() for k, v in raw.items()}
             weight = self._weight(name, hp, raw, detector_loss)

@@ -186,3 +186,15 @@ def ld_loss(student_bins: torch.Tensor, teacher_bins: torch.Tensor, tau: float =
         return student_bins.sum() * 0.0
     return F.kl_div(F.log_softmax(student_bins / tau, dim=1), F.softmax(teacher_bins / tau, dim=1),
                     reduction="batchmean") * tau * tau
+
+
+def label_smoothing_term(logits: torch.Tensor, cross_entropy: torch.Tensor) -> torch.Tensor:
+    """The term that turns a softmax classifier's cross-entropy into label-smoothed cross-entropy (Szegedy et al.
+    2016), a control with no teacher: soft targets that carry no knowledge.
+
+    With K classes (background included), logits z (R, K) and the detector's own mean cross-entropy CE,
+    U = mean over rows of -(1/K) Σ_k log softmax(z)_k, and ε · (U - CE) added to CE gives
+    (1 - ε) · CE + ε · U, which is ``F.cross_entropy(z, y, label_smoothing=ε)``. The method's weight is ε.
+    """
+    uniform = -torch.log_softmax(logits, dim=1).mean(1).mean()
+    return uniform - cross_entropy
