@@ -9,6 +9,11 @@ import yaml
 PROFILE_DIR = Path(__file__).parent / "profiles"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+# a family's size grid and compression rows beyond its first teacher (study.plan): ``sizes`` lists more student
+# sizes ({student: keys it changes, methods, seeds}); ``compress_students`` ({methods, source}) compresses the
+# ``source`` row's first-seed run at every size; ``compress_seeds`` are the seeds of pruning runs (None: ``seeds``)
+GRID = {"sizes": [], "compress_students": None, "compress_seeds": None}
+
 DEFAULTS: dict = {
     "data": "voc:data/bccd",
     "image_size": 256,  # longer side of every image, in pixels
@@ -18,6 +23,9 @@ DEFAULTS: dict = {
     "seeds": [0, 1, 2, 3, 4],  # student rows
     # teachers, one per seed; a distilled student of the i-th seed reads teacher_seeds[i % len(teacher_seeds)]
     "teacher_seeds": [0, 1],
+    # self-distillation (``METHOD@self``): its teachers are students of the same size trained alone with these seeds
+    # (disjoint from ``seeds``), paired with the student seeds as ``teacher_seeds`` are
+    "self_teacher_seeds": [100, 101],
     "split_seed": 0,  # carves a missing val/test split from train (the dataset's split, not a run's)
     # ``baseline-long``: the student alone for this many times its epochs (rounded), the compute control: at least
     # the wall time of the slowest distilled row. With 64-epoch students Hinton KD trains 536-574 s a run, 1.68-1.82x
@@ -39,7 +47,7 @@ DEFAULTS: dict = {
         "shape": {"anchor_sizes": [16, 32, 64, 128], "rpn_pre_nms_train": 1000, "rpn_post_nms_train": 500,
                   "rpn_pre_nms_test": 500, "rpn_post_nms_test": 200, "rpn_batch_per_image": 256,
                   "box_batch_per_image": 128},
-        "compress": []},
+        "compress": [], **GRID},
     # ultralytics YOLO from its own YAMLs (no weights): YOLOv8s teacher (11.1 M) trained 60 epochs, a YOLOv8n-depth
     # student at 1/16 width (yolov8p) trained 30 (at 30 epochs each, the teacher scored 0.53 validation mAP against
     # 0.52-0.54 for the 1/8-width yolov8t and 0.50 for yolov8p: no gap to distil); ultralytics' recipe (SGD 0.01 /
@@ -52,12 +60,12 @@ DEFAULTS: dict = {
                        "ema_decay": 0.9999, "ema_tau": 2000, "val_every": 1},
              "distill": {"fitnets": {"taps": ["p3", "p4", "p5"]}, "at": {"taps": ["p3", "p4", "p5"]},
                          "nst": {"taps": ["p3", "p4", "p5"]}},
-             "compress": []},
+             "compress": [], **GRID},
     # torchvision FCOS over the same backbones and FPN widths as Faster R-CNN (a single-stage head, backbone fixed)
     "fcos": {"teacher": {"backbone": "resnet50", "fpn_channels": 128, "epochs": 20},
              "student": {"backbone": "shallow", "fpn_channels": 64, "epochs": 12},
              "shape": {"head_convs": 4, "score_thresh": 0.05, "detections_per_image": 100},
-             "train": {"lr": 0.01}, "distill": {}, "compress": []},
+             "train": {"lr": 0.01}, "distill": {}, "compress": [], **GRID},
     # training (torchvision detection references' recipe, scaled to batch 8)
     "train": {"optimizer": "sgd", "batch_size": 8, "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4,
               "warmup_iters": 50, "clip_grad_norm": 10.0, "hflip": True, "vflip": True, "val_every": 1,
@@ -86,6 +94,7 @@ DEFAULTS: dict = {
         "cwd": {"weight": 10.0, "tau": 1.0, "taps": ["p3", "p4", "p5"], "balance": 0.5},
         "fgfi": {"weight": 0.01, "psi": 0.5, "taps": ["p3", "p4", "p5"], "balance": 0.5},
         "ld": {"weight": 0.25, "temperature": 10.0, "balance": 0.5},  # YOLO's DFL head only
+        "ls": {"weight": 0.1},  # label smoothing, the weight is epsilon (a control: no teacher; RoI heads only)
     },
     # compression baselines applied to a family's trained teacher (each family's ``compress`` lists them; rows next
     # to the distilled students); their settings:
@@ -100,6 +109,9 @@ DEFAULTS: dict = {
         "int8": {"calibration_images": 32, "per_channel": True, "reduce_range": False},
         "fp16": {},
     },
+    # the report: ``frontier`` adds FRONTIER.md (study.frontier_report: best model at each budget, differences with
+    # t and two-level bootstrap intervals over runs and test images, transfer or regularisation, dose-response)
+    "report": {"frontier": False, "bootstrap": 1000, "bootstrap_seed": 0},
     "teacher_cache_mb": 4096,
     # the tuned comparison (study/tuned.py): every method's search gets ``budget_epochs`` training epochs on the
     # validation split with student seed ``search_seed`` (never a final seed) and the same pruner, which judges no

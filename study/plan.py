@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from methods.distill.distiller import parse_method
+from methods.distill.distiller import needs_teacher, parse_method
 from study.defaults import _merge
 
 
@@ -64,20 +64,48 @@ def run_train(train: dict) -> dict:
     return {k: v for k, v in train.items() if k != "bf16_on_cpu" or v}
 
 
-def teacher_of(profile: dict, seed: int) -> int:
+def teacher_of(profile: dict, seed: int, seeds: list[int] | None = None,
+               teacher_seeds: list[int] | None = None) -> int:
     """The teacher seed a student seed is paired with: teacher seeds alternate over the student seeds in order, so
-    every distilled row's (teacher, seed) cells span the teachers and its paired differences carry their variance."""
-    return profile["teacher_seeds"][profile["seeds"].index(seed) % len(profile["teacher_seeds"])]
+    every distilled row's (teacher, seed) cells span the teachers and its paired differences carry their variance.
+    ``seeds`` (default: the profile's) are the row's seeds, ``teacher_seeds`` (default: the profile's) its teachers."""
+    seeds, teacher_seeds = seeds or profile["seeds"], teacher_seeds or profile["teacher_seeds"]
+    return teacher_seeds[seeds.index(seed) % len(teacher_seeds)]
+
+
+SELF_SUFFIX = "@self"  # "hinton@self": self-distillation from a student of the same size (a disjoint seed)
+
+
+def student_sizes(profile: dict, detector: str) -> list[dict]:
+    """The student sizes of a detector as ``{"student", "methods", "seeds"}``: its ``student`` with the family's
+    methods and the profile's seeds first, then each entry of its ``sizes`` list, whose ``student`` keys override
+    the first's (a wider or narrower body, its heads) and whose ``methods`` and ``seeds`` default to the first's."""
+    cfg = detector_config(profile, detector)
+    first = {"student": cfg["student"], "methods": cfg["methods"], "seeds": profile["seeds"]}
+    sizes = [first]
+    for n, size in enumerate(profile[detector].get("sizes", []), 1):
+        unknown = set(size) - {"student", "methods", "seeds"}
+        if unknown:
+            raise ValueError(f"{detector}.sizes[{n}]: unknown key {sorted(unknown)[0]!r} (student, methods, seeds)")
+        sizes.append({"student": cfg["student"] | size.get("student", {}),
+                      "methods": size.get("methods", cfg["methods"]), "seeds": size.get("seeds", profile["seeds"])})
+    names = [_role_name(s["student"]) for s in sizes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{detector}.sizes: two student sizes share the name {names} (each needs its own "
+                         "backbone or model)")
+    return sizes
 
 
 def plan_detector(profile: dict, detector: str, dataset_name: str, tuned: dict[str, dict] | None = None
                   ) -> list[RunSpec]:
-    """One detector's teacher runs (one per teacher seed that a run reads; the first always), then each
-    (method, seed) student run, then its compression runs (of the first teacher). A distilled student of seed s
-    reads the teacher :func:`teacher_of` gives; ``baseline-long`` is the student alone for
-    ``long_factor`` times the epochs, rounded (the compute control).
-    ``tuned`` maps a method to ``{"distill": {...}, "source": {...}}`` from a search; those runs use the tuned
-    values."""
+    """One detector's teacher runs (one per teacher seed that a run reads; the first always), then for each student
+    size (:func:`student_sizes`) each (method, seed) student run, then the compression runs (of the first teacher,
+    and of the students where ``compress_students`` says). A distilled student of seed s reads the teacher
+    :func:`teacher_of` gives; ``baseline-long`` is the student alone for ``long_factor`` times the epochs, rounded
+    (the compute control); ``METHOD@self`` distils from a student of its own size trained alone with a seed of
+    ``self_teacher_seeds`` (role ``teacher``, method ``self-teacher``); a method with no part that reads a teacher
+    (``ls``) has no teacher run. ``tuned`` maps a method to ``{"distill": {...}, "source": {...}}`` from a search;
+    those runs use the tuned values."""
     cfg = detector_config(profile, detector)
     common = {"dataset": dataset_name, "image_size": profile["image_size"], "train": run_train(cfg["train"]),
               cfg["shape_key"]: cfg["shape"], "max_train_images": profile["max_train_images"]}
@@ -87,38 +115,61 @@ def plan_detector(profile: dict, detector: str, dataset_name: str, tuned: dict[s
                               _role_name(t), "teacher", seed, teacher_hp, detector)
                 for seed in profile["teacher_seeds"]}
     runs = list(teachers.values())
-    s = cfg["student"]
     shared = (tuned or {}).get("baseline")  # searched shared settings: every student row trains with them
     if shared:
         common = common | {"train": run_train(cfg["train"] | shared["train"]), "tuned_shared": shared["source"]}
-        s = s | {"epochs": shared["epochs"]}
-    for method in cfg["methods"]:
-        for seed in profile["seeds"]:
+    students: dict[tuple[str, str, int], RunSpec] = {}  # (size, method, seed) -> run
+    for size in student_sizes(profile, detector):
+        s = size["student"] | ({"epochs": shared["epochs"]} if shared else {})
+        name = _role_name(s)
+        self_teachers = {}
+        if any(m.endswith(SELF_SUFFIX) for m in size["methods"]):
             hp = common | {"role": s}
-            if method == "baseline-long":
-                hp["role"] = s | {"epochs": round(s["epochs"] * profile["long_factor"])}
-            elif method != "baseline":
-                hp["distill"] = {m: cfg["distill"][m] for m in parse_method(method)}
-                hp["teacher_run"] = teachers[teacher_of(profile, seed)].run_id
-                if tuned and method in tuned:
-                    hp["distill"], hp["tuned"] = tuned[method]["distill"], tuned[method]["source"]
-                elif method.endswith(TUNED_SUFFIX):
-                    raise ValueError(f"method '{method}' has no finished search to take its settings from")
-            runs.append(RunSpec(make_run_id(detector, _role_name(s), method, seed, hp), "student", _role_name(s), method,
-                                seed, hp, detector))
-    first_teacher = teachers[profile["teacher_seeds"][0]]
-    for method in cfg["compress"]:
-        if method not in cfg["compression"]:
-            raise ValueError(f"unknown compression method '{method}' (known: {', '.join(cfg['compression'])})")
-        comp = cfg["compression"][method]
-        hp = common | {"role": t, "compress": {k: v for k, v in comp.items() if k != "kd"},
-                       "source_run": first_teacher.run_id}
-        if "kd" in comp:
-            hp["distill"], hp["teacher_run"] = comp["kd"], first_teacher.run_id
-        seeds = profile["seeds"] if method.startswith("prune") else [first_teacher.seed]
-        for seed in seeds:
-            runs.append(RunSpec(make_run_id(detector, _role_name(t), method, seed, hp), "compressed", _role_name(t),
-                                method, seed, hp, detector))
+            self_teachers = {seed: RunSpec(make_run_id(detector, name, "self-teacher", seed, hp), "teacher", name,
+                                           "self-teacher", seed, hp, detector)
+                             for seed in profile["self_teacher_seeds"]}
+            runs += self_teachers.values()
+        for method in size["methods"]:
+            for seed in size["seeds"]:
+                hp = common | {"role": s}
+                if method == "baseline-long":
+                    hp["role"] = s | {"epochs": round(s["epochs"] * profile["long_factor"])}
+                elif method != "baseline":
+                    hp["distill"] = {m: cfg["distill"][m] for m in parse_method(method)}
+                    if method.endswith(SELF_SUFFIX):
+                        hp["teacher_run"] = self_teachers[teacher_of(profile, seed, size["seeds"],
+                                                                     profile["self_teacher_seeds"])].run_id
+                    elif needs_teacher(method):
+                        hp["teacher_run"] = teachers[teacher_of(profile, seed, size["seeds"])].run_id
+                    if tuned and method in tuned:
+                        hp["distill"], hp["tuned"] = tuned[method]["distill"], tuned[method]["source"]
+                    elif method.endswith(TUNED_SUFFIX):
+                        raise ValueError(f"method '{method}' has no finished search to take its settings from")
+                spec = RunSpec(make_run_id(detector, name, method, seed, hp), "student", name, method, seed, hp,
+                               detector)
+                students[(name, method, seed)] = spec
+                runs.append(spec)
+    first_teacher = teachers[profile["teacher_seeds"][0]] if teachers else None
+    sources = [(first_teacher, t)] if first_teacher and cfg["compress"] else []
+    cs = profile[detector].get("compress_students")
+    for size in (student_sizes(profile, detector) if cs else []):  # the given row's first seed, at every size
+        name, seed = _role_name(size["student"]), size["seeds"][0]
+        if (name, cs["source"], seed) in students:
+            sources.append((students[(name, cs["source"], seed)], size["student"]))
+    for source, role in sources:
+        for method in (cfg["compress"] if source is first_teacher else cs["methods"]):
+            if method not in cfg["compression"]:
+                raise ValueError(f"unknown compression method '{method}' (known: {', '.join(cfg['compression'])})")
+            comp = cfg["compression"][method]
+            hp = common | {"role": role, "compress": {k: v for k, v in comp.items() if k != "kd"},
+                           "source_run": source.run_id}
+            if "kd" in comp:
+                hp["distill"], hp["teacher_run"] = comp["kd"], first_teacher.run_id
+            seeds = (profile[detector].get("compress_seeds") or profile["seeds"]) if method.startswith("prune") \
+                else [source.seed]
+            for seed in seeds:
+                runs.append(RunSpec(make_run_id(detector, _role_name(role), method, seed, hp), "compressed",
+                                    _role_name(role), method, seed, hp, detector))
     read = {r for spec in runs for r in spec.reads()}  # a teacher no run reads is not trained (the first always is)
     return [spec for spec in runs if spec.role != "teacher" or spec.run_id in read or spec is first_teacher]
 
