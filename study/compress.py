@@ -94,7 +94,8 @@ def execute_compression(study, spec) -> dict:
     image = test_set.images[0].float().div(255)
     made = METHODS[spec.method.split("+")[0].split("-")[0]](study, spec, model, run_dir, image)
     device = made.device or study.device
-    metrics = evaluate(made.model.to(device), test_set, study.data().class_names, device)
+    metrics = evaluate(made.model.to(device), test_set, study.data().class_names, device,
+                       save_to=study.detections_file(spec))
     costs = measure(made.model, image, made.weights_path, made.flops_model)
     if made.flops_model is not None:  # int8 weights are packed buffers, not parameters: count the float original's
         costs["params"] = count_params(made.flops_model)

@@ -6,7 +6,10 @@ COCO's small/medium/large area ranges mean what they say.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
+import json
+from pathlib import Path
 
 import torch
 from pycocotools.coco import COCO
@@ -73,7 +76,28 @@ def predict(model, image_set: ImageSet, device: torch.device, batch_size: int = 
     return results
 
 
-def evaluate(model, image_set: ImageSet, class_names: list[str], device: torch.device, gt: COCO | None = None) -> dict:
+def save_detections(path: Path, detections: list[dict]) -> None:
+    """Keep a run's test detections (gzipped JSON rows ``[image_id, category_id, score, x, y, w, h]``; scores to
+    1e-4, boxes to 0.1 px), so that test-image resampling (:mod:`study.bootstrap`) can recompute its mAP later."""
+    rows = [[d["image_id"], d["category_id"], round(d["score"], 4)] + [round(v, 1) for v in d["bbox"]]
+            for d in detections]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt") as f:
+        json.dump(rows, f, separators=(",", ":"))
+
+
+def load_detections(path: Path) -> list[dict]:
+    """The COCO result dicts :func:`save_detections` kept."""
+    with gzip.open(path, "rt") as f:
+        return [{"image_id": r[0], "category_id": r[1], "score": r[2], "bbox": r[3:]} for r in json.load(f)]
+
+
+def evaluate(model, image_set: ImageSet, class_names: list[str], device: torch.device, gt: COCO | None = None,
+             save_to: Path | None = None) -> dict:
+    """COCO metrics of ``model`` on ``image_set``; its detections are kept at ``save_to`` where given."""
     gt = gt or coco_ground_truth(image_set, class_names)
-    return coco_metrics(gt, predict(model, image_set, device), class_names)
+    detections = predict(model, image_set, device)
+    if save_to is not None:
+        save_detections(save_to, detections)
+    return coco_metrics(gt, detections, class_names)
 
