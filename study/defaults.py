@@ -165,6 +165,8 @@ def unknown_keys(override: dict, known: dict, prefix: str = "") -> list[str]:
             known_value = DEFAULTS.get(key, {})
         else:
             known_value = known[key]
+            if prefix in [f + "." for f in FAMILIES] and key in ("train", "distill"):  # the top level's keys too
+                known_value = _merge(DEFAULTS[key], known_value)
         if isinstance(value, dict) and isinstance(known_value, dict) and key not in OPEN_SECTIONS:
             out += unknown_keys(value, known_value, path + ".")
     return out

@@ -1,0 +1,86 @@
+"""A tiny frontier end to end (Faster R-CNN at 128 px): two student sizes, label smoothing, self-distillation, a
+pruned teacher with KD, int8 of a student; then FRONTIER.md with the test-image bootstrap from the kept
+detections."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from study.bootstrap import map_from_tables, match_tables
+from study.defaults import load_profile
+from study.evaluate import load_detections
+from study.frontier_report import write_frontier
+from study.plan import plan_runs
+from study.runner import Study
+from study.store import read_runs
+
+GRID = """
+detectors: [faster_rcnn]
+image_size: 128
+max_train_images: 12
+max_eval_images: 8
+seeds: [0, 1]
+teacher_seeds: [0]
+self_teacher_seeds: [100]
+methods: [baseline, hinton, ls, hinton@self]
+faster_rcnn:
+  teacher: {backbone: shallow-l, fpn_channels: 16, roi_dim: 32, epochs: 2}
+  student: {epochs: 2}
+  sizes: [{student: {backbone: shallow-xs, fpn_channels: 16, roi_dim: 32}, seeds: [0], methods: [baseline, hinton]}]
+  shape: {rpn_pre_nms_train: 100, rpn_post_nms_train: 50, rpn_pre_nms_test: 50, rpn_post_nms_test: 20,
+          box_batch_per_image: 32}
+  compress: [prune-30+kd]
+  compress_students: {methods: [int8], source: hinton}
+  compress_seeds: [0]
+compression:
+  prune-30+kd: {criterion: l1, flops_reduction: 0.3, global: false, finetune_epochs: 1, finetune_lr: 0.005,
+                kd: {hinton: {weight: 1.0, temperature: 4.0}}}
+train: {warmup_iters: 2}
+cost: {warmup: 1, rounds: 2, images: 2}
+execution: {workers: 1}
+report: {frontier: true, bootstrap: 50}
+"""
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    out = tmp_path_factory.mktemp("grid")
+    (out / "grid.yaml").write_text(GRID)
+    profile = load_profile(str(out / "grid.yaml"))
+    study = Study(profile, out, progress=False, log=lambda *_: None)
+    return profile, study, study.run()
+
+
+def test_every_planned_run_of_the_grid_finishes(grid):
+    profile, study, runs_csv = grid
+    rows = read_runs(runs_csv)
+    assert all(r["status"] == "ok" for r in rows), [(r["run_id"], r["error"]) for r in rows if r["error"]]
+    assert {r["run_id"] for r in rows} == {s.run_id for s in plan_runs(profile, study.data().name)}
+    kinds = {(r["backbone"], r["method"]) for r in rows}
+    assert {("shallow", "ls"), ("shallow", "hinton@self"), ("shallow", "self-teacher"), ("shallow-xs", "hinton"),
+            ("shallow-l", "prune-30+kd"), ("shallow", "int8"), ("shallow-xs", "int8")} <= kinds
+    ls = next(r for r in rows if r["method"] == "ls")
+    assert "teacher_run" not in json.loads(ls["hparams"])
+
+
+def test_kept_detections_give_back_each_runs_map(grid):
+    _, study, runs_csv = grid
+    gt = study.test_ground_truth()
+    for r in read_runs(runs_csv):
+        detections = load_detections(study.detections_file(next(
+            s for s in plan_runs(study.profile, study.data().name) if s.run_id == r["run_id"])))
+        # detections are kept rounded (scores 1e-4, boxes 0.1 px): the recomputed mAP is the row's to rounding
+        assert map_from_tables(match_tables(gt, detections)) == pytest.approx(float(r["map"]), abs=2e-3)
+
+
+def test_frontier_report_has_its_sections_and_bootstrap_intervals(grid):
+    _, study, runs_csv = grid
+    report = write_frontier(runs_csv, runs_csv.parent, study.test_ground_truth(), n_boot=50, seed=0)
+    text = report.read_text()
+    for section in ("## Best model at each budget", "## Every budget point", "## Differences"):
+        assert section in text
+    assert "| shallow | ls | baseline | 2 |" in text  # label smoothing against the student alone, 2 cells
+    assert "| shallow | hinton | hinton@self | 2 |" in text  # and Hinton against self-distillation
+    assert (runs_csv.parent / "frontier_params.png").is_file() and (runs_csv.parent / "forest.png").is_file()
+    assert f"{len(read_runs(runs_csv))} runs had their test detections kept" in text
