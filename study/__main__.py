@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from study.report import write_report
+    from study.store import read_runs
     try:
         if args.command in ("run", "search", "parity", "bench", "rival", "tuned"):
             from study.defaults import PROJECT_ROOT, load_profile
@@ -117,6 +118,12 @@ def main(argv: list[str] | None = None) -> int:
                           val_only=args.val_only)
             study.reuse(args.reuse, tuned)
             runs_csv = study.run(tuned=tuned)
+            planned = {s.run_id for s in study.planned(tuned)}
+            statuses = [r["status"] for r in read_runs(runs_csv) if r["run_id"] in planned]
+            if statuses and all(s == "failed" for s in statuses):
+                print(f"error: every run of the study failed ({len(statuses)}); the reasons are in {runs_csv}",
+                      file=sys.stderr)
+                return 1
             if args.val_only:
                 print(f"wrote {runs_csv}")
             else:

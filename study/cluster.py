@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import time
 from pathlib import Path
 
@@ -162,11 +163,27 @@ def cluster_workers(workers, threads: int) -> tuple[int, bool]:
     return (gpus, True) if gpus else (max(1, int(resources.get("CPU", 1)) // max(1, threads)), False)
 
 
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail at once, in one line, where nothing listens at the Ray head's ``HOST:PORT`` (Ray itself retries its
+    control store for minutes); a listening head is left to Ray."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--address {address}: expected HOST:PORT of the Ray head")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConnectionError(f"cannot join the Ray cluster at {address}: nothing answers there ({reason}); start "
+                              f"it with `ray start --head --port {port}` (docs/cluster.md)") from exc
+
+
 def run_on_ray(study, todo: list, execution: dict, record) -> dict:
     """Run ``todo`` on the Ray cluster at ``execution["address"]`` (None: start a local one); ``record(row)`` is
     called on the driver for every run as it ends. Returns the number of workers and the retried run ids."""
     address = execution.get("address")
     started_here = not ray.is_initialized()
+    if started_here and address not in (None, "auto", "local"):
+        check_reachable(address)
     if started_here:
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=study.log is print,

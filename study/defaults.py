@@ -191,4 +191,51 @@ def load_profile(name_or_path: str) -> dict:
                                                                    if len(unknown) > 1 else ""))
     profile = _merge(DEFAULTS, override)
     profile["name"] = override.get("name", path.stem)
+    bad = bad_values(profile)
+    if bad:
+        raise ValueError(f"{path}: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
     return profile
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def bad_values(profile: dict) -> list[str]:
+    """What a profile sets that no run could use, each as ``key must be ..., not value`` (checked before anything
+    trains): sizes, epochs, seeds, the latency rounds."""
+    out = []
+
+    def need(ok: bool, key: str, what: str, value) -> None:
+        if not ok:
+            out.append(f"{key} must be {what}, not {value!r}")
+
+    need(_positive_int(profile["image_size"]) and profile["image_size"] >= 32, "image_size",
+         "a whole number of pixels >= 32", profile["image_size"])
+    for key in ("seeds", "teacher_seeds", "self_teacher_seeds"):
+        value = profile[key]
+        need(isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+             and (key != "seeds" or value), key, "a list of whole numbers" + (" (at least one)" if key == "seeds"
+                                                                             else ""), value)
+    need(isinstance(profile["long_factor"], (int, float)) and profile["long_factor"] > 0, "long_factor",
+         "a positive number", profile["long_factor"])
+    for family in profile["detectors"]:
+        if family not in FAMILIES:
+            out.append(f"detectors: unknown detector {family!r} (known: {', '.join(FAMILIES)})")
+            continue
+        section = profile[family]
+        roles = [("teacher", section["teacher"]), ("student", section["student"])]
+        roles += [(f"sizes[{n}].student", {"epochs": section["student"]["epochs"]} | size.get("student", {}))
+                  for n, size in enumerate(section.get("sizes") or [], 1)]
+        for role, settings in roles:
+            need(_positive_int(settings.get("epochs")), f"{family}.{role}.epochs", "a whole number >= 1",
+                 settings.get("epochs"))
+    for key in ("rounds", "images"):
+        value = profile["cost"][key]
+        least = 2 if key == "rounds" else 1
+        need(_positive_int(value) and value >= least, f"cost.{key}", f"a whole number >= {least}" + (
+            " (a latency's spread needs two rounds)" if key == "rounds" else ""), value)
+    train = profile["train"]
+    need(_positive_int(train["batch_size"]), "train.batch_size", "a whole number >= 1", train["batch_size"])
+    need(isinstance(train["lr"], (int, float)) and train["lr"] > 0, "train.lr", "a positive number", train["lr"])
+    return out

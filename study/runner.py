@@ -70,6 +70,8 @@ class Study:
         configure_ultralytics(self.out_dir / ".ultralytics")  # its settings file stays in the results folder
         self.runs_csv = self.out_dir / "runs.csv"
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: this machine has no CUDA GPU that torch can use (use cpu)")
         self.data_spec = data_spec or profile["data"]
         self.progress = progress
         self.log = log
@@ -280,12 +282,16 @@ class Study:
             self.log(f"reused {len(copied) - before} finished run(s) of {source}")
         return copied
 
+    def planned(self, tuned: dict[str, dict] | None = None) -> list[RunSpec]:
+        """The profile's plan on this study's data."""
+        return plan_runs(self.profile, self.data().name, tuned)
+
     def run(self, specs: list[RunSpec] | None = None, tuned: dict[str, dict] | None = None,
             time_latency: bool = True) -> Path:
         """Run ``specs`` (default: the profile's plan, with ``tuned`` hyperparameters where given), then time every
         model that lacks a latency (unless ``time_latency`` is False: the caller is not alone on the machine)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        specs = specs if specs is not None else plan_runs(self.profile, self.data().name, tuned)
+        specs = specs if specs is not None else self.planned(tuned)
         retired = retire_superseded(self.runs_csv, {cell(vars(s) | {"dataset": self.data().name}): s.run_id
                                                     for s in specs})
         if retired:

@@ -75,3 +75,18 @@ def test_bf16_on_cpu_is_in_a_runs_hparams_only_when_true():
     off = plan_runs(load_profile("fixed24"), "bccd")
     assert all(s.hparams["train"]["bf16_on_cpu"] is True for s in on)
     assert all("bf16_on_cpu" not in s.hparams["train"] for s in off)  # runs from before the key keep their ids
+
+
+@pytest.mark.parametrize("text, message", [
+    ("image_size: 0\n", "image_size must be a whole number of pixels >= 32, not 0"),
+    ("faster_rcnn: {student: {epochs: -3}}\n", "faster_rcnn.student.epochs must be a whole number >= 1, not -3"),
+    ("cost: {rounds: 1}\n", "cost.rounds must be a whole number >= 2 (a latency's spread needs two rounds), not 1"),
+    ("seeds: []\n", "seeds must be a list of whole numbers (at least one), not []"),
+    ("faster_rcnn: {sizes: [{student: {backbone: shallow-s, epochs: 0}}]}\n",
+     "faster_rcnn.sizes[1].student.epochs must be a whole number >= 1, not 0")])
+def test_values_no_run_could_use_are_one_line_errors_before_anything_trains(tmp_path, text, message):
+    profile = tmp_path / "p.yaml"
+    profile.write_text(text)
+    with pytest.raises(ValueError) as err:
+        load_profile(str(profile))
+    assert str(err.value) == f"{profile}: {message}"
