@@ -28,6 +28,7 @@ from study.compress import execute_compression
 from study.cost import interleaved_latency, latency_ms, measure
 from study.data import DetectionData, load_dataset
 from study.plan import SHAPE_KEYS, RunSpec, plan_detector, plan_runs
+from study.progress import Progress
 from study.rival import execute_rival
 from study.evaluate import coco_ground_truth, evaluate
 from study.images import ImageSet, canvas_size, load_images
@@ -309,14 +310,22 @@ class Study:
         todo = [(f"[{n}/{len(specs)}]", spec) for n, spec in enumerate(specs, 1) if spec.run_id not in done]
         execution = self.profile["execution"] | ({"workers": self.workers} if self.workers is not None else {})
         started, clock = datetime.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
-        record = lambda row: upsert_run(self.runs_csv, row)  # noqa: E731  (the driver alone writes runs.csv)
+        on_ray = execution.get("executor", "local") == "ray"
+        at_once = (execution["workers"] if isinstance(execution["workers"], int) else 1) if on_ray else \
+            min(worker_count(execution, self.device), max(1, len(todo)))
+        progress = Progress([spec for _, spec in todo], len(specs), len(specs) - len(todo), at_once, self.log)
+
+        def record(row: dict) -> None:  # the driver alone writes runs.csv
+            upsert_run(self.runs_csv, row)
+            progress.finished(row)
+
         outcome = {"retried": []}
-        if execution.get("executor", "local") == "ray" and todo:
+        if on_ray and todo:
             from study.cluster import run_on_ray  # Ray is imported only where it is asked for
             outcome = run_on_ray(self, todo, execution, record)
             workers, threads = outcome["workers"], execution["threads_per_worker"]
         else:
-            workers = min(worker_count(execution, self.device), max(1, len(todo)))
+            workers = at_once
             threads = execution["threads_per_worker"] if workers > 1 else torch.get_num_threads()
             if workers > 1:
                 outcome = run_parallel(self, todo, workers, threads, record)
