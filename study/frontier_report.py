@@ -243,6 +243,9 @@ def write_frontier(runs_csv: Path, out: Path, gt=None, n_boot: int = 1000, seed:
                       f"(t, n − 2 df, p {dose['p']:.3f}), intercept {dose['intercept']:+.2f}. A slope above 0 means "
                       "the gain grows with what the teacher knows beyond the student; cells of one size share their "
                       "gap, so the slope rests on the number of distinct gaps more than on n.", ""]
+    deviations = runs_csv.parent / "DEVIATIONS.md"  # what changed from the study's PLAN.md, and why
+    lines += ["## Deviations from PLAN.md", "", deviations.read_text().strip() if deviations.is_file() else
+              "None recorded (no DEVIATIONS.md beside runs.csv).", ""]
     lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures]
     path = out / "FRONTIER.md"
     path.write_text("\n".join(lines) + "\n")

@@ -84,3 +84,7 @@ def test_frontier_report_has_its_sections_and_bootstrap_intervals(grid):
     assert "| shallow | hinton | hinton@self | 2 |" in text  # and Hinton against self-distillation
     assert (runs_csv.parent / "frontier_params.png").is_file() and (runs_csv.parent / "forest.png").is_file()
     assert f"{len(read_runs(runs_csv))} runs had their test detections kept" in text
+    assert "## Deviations from PLAN.md\n\nNone recorded" in text
+    (runs_csv.parent / "DEVIATIONS.md").write_text("- a row was dropped, for a reason.\n")
+    assert "## Deviations from PLAN.md\n\n- a row was dropped, for a reason." in write_frontier(
+        runs_csv, runs_csv.parent).read_text()
