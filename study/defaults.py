@@ -27,32 +27,23 @@ DEFAULTS: dict = {
     # (disjoint from ``seeds``), paired with the student seeds as ``teacher_seeds`` are
     "self_teacher_seeds": [100, 101],
     "split_seed": 0,  # carves a missing val/test split from train (the dataset's split, not a run's)
-    # ``baseline-long``: the student alone for this many times its epochs (rounded), the compute control: at least
-    # the wall time of the slowest distilled row. With 64-epoch students Hinton KD trains 536-574 s a run, 1.68-1.82x
-    # the baseline's 315-320 s, and 1.75 gave 547-555 s, below Hinton's longest (bf16, 2026-11-30, results/default);
-    # 2 (128 epochs, 619-690 s) is the issue's "2x epochs" and above Hinton's time
+    # ``baseline-long``: the student alone for this many times its epochs (rounded), the compute control; it should
+    # take at least the wall time of the slowest distilled row (docs/decisions.md, "compute control")
     "long_factor": 2,
     "max_train_images": None,  # None: the whole train split
     "max_eval_images": None,  # None: the whole val / test split
     # Faster R-CNN (torchvision) over a ResNet-50 teacher and a shallow student; ``shape`` is its RPN and heads
     "faster_rcnn": {
-        # 40 epochs: at 20 the teachers scored below the student trained 48 epochs (0.474, 0.465 against 0.494);
-        # at 40, 0.500 and 0.502 (results/teacher40, fp32)
+        # teacher and student epochs: docs/decisions.md ("teacher epochs", "student epochs")
         "teacher": {"backbone": "resnet50", "fpn_channels": 128, "roi_dim": 512, "epochs": 40},
-        # 64 epochs: the student's plateau. At 48 (results/fixed48 and its replication) all 10 runs alone peaked in
-        # their last 20% of epochs; at 64, pilots of seeds 0-3 peaked at epochs 40, 47, 63 and 60, the last two
-        # adding +0.02 and +0.25 validation points over their best before epoch 52 (a flat curve under the cosine
-        # decay); 128 epochs then added -0.2 test points (results/default); 24 were 4.5 short (results/fixed24)
         "student": {"backbone": "shallow", "fpn_channels": 64, "roi_dim": 128, "epochs": 64},
         "shape": {"anchor_sizes": [16, 32, 64, 128], "rpn_pre_nms_train": 1000, "rpn_post_nms_train": 500,
                   "rpn_pre_nms_test": 500, "rpn_post_nms_test": 200, "rpn_batch_per_image": 256,
                   "box_batch_per_image": 128},
         "compress": [], **GRID},
-    # ultralytics YOLO from its own YAMLs (no weights): YOLOv8s teacher (11.1 M) trained 60 epochs, a YOLOv8n-depth
-    # student at 1/16 width (yolov8p) trained 30 (at 30 epochs each, the teacher scored 0.53 validation mAP against
-    # 0.52-0.54 for the 1/8-width yolov8t and 0.50 for yolov8p: no gap to distil); ultralytics' recipe (SGD 0.01 /
-    # 0.937, wd 5e-4 off norms and biases, bias LR 0.1 and momentum 0.8 at the start of the warm-up, EMA, batch 16,
-    # validation every epoch)
+    # ultralytics YOLO from its own YAMLs (no weights): a YOLOv8s teacher and a YOLOv8n-depth student at 1/16 width
+    # (yolov8p; sizes: docs/decisions.md, "YOLO sizes"); ultralytics' recipe (SGD 0.01 / 0.937, wd 5e-4 off norms
+    # and biases, bias LR 0.1 and momentum 0.8 at the start of the warm-up, EMA, batch 16, validation every epoch)
     "yolo": {"teacher": {"model": "yolov8s", "epochs": 60}, "student": {"model": "yolov8p", "epochs": 30},
              "shape": {"box": 7.5, "cls": 0.5, "dfl": 1.5, "conf": 0.001, "iou": 0.7, "max_det": 300},
              "train": {"batch_size": 16, "lr": 0.01, "momentum": 0.937, "weight_decay": 5e-4, "nesterov": True,
@@ -69,16 +60,13 @@ DEFAULTS: dict = {
     # training (torchvision detection references' recipe, scaled to batch 8)
     "train": {"optimizer": "sgd", "batch_size": 8, "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4,
               "warmup_iters": 50, "clip_grad_norm": 10.0, "hflip": True, "vflip": True, "val_every": 1,
-              "channels_last": True,  # memory layout while training (results as NCHW; ~1.05-1.1x faster here)
-              # bf16 autocast on the CPU too (always on a GPU): a ResNet-50 teacher's training step 2.06 -> 0.87 s,
-              # the student's 0.18 -> 0.16 s on this AVX512-BF16 CPU; distillation terms, evaluation and latency
-              # stay fp32. Runs from before 2026-11-30 are fp32 (their profiles say ``bf16_on_cpu: false``)
+              "channels_last": True,  # memory layout while training (results as NCHW)
+              # bf16 autocast on the CPU too (always on a GPU); distillation terms, evaluation and latency stay fp32
+              # (docs/decisions.md, "bf16 on the CPU"); a profile with ``bf16_on_cpu: false`` trains fp32
               "bf16_on_cpu": True},
-    # methods run for the student, and their hyperparameters (weights as in the literature's reference code)
-    # ``baseline-long`` is the student alone for ``long_factor`` x its epochs; Hinton KD (logits). PKD (the
-    # detection-specific feature loss on the FPN levels, balanced) left for ``full`` with FitNets, AT, NST, CWD and
-    # FGFI: it was neutral in results/fixed48 and its replication (pooled +0.49 points over the student alone, n.s.),
-    # and with 64-epoch students the study fits 90 minutes with one distilled row only
+    # methods run for the student, and their hyperparameters (weights as in the literature's reference code);
+    # ``baseline-long`` is the student alone for ``long_factor`` x its epochs (why the default has only Hinton KD:
+    # docs/decisions.md, "the default's rows")
     "methods": ["baseline", "baseline-long", "hinton"],
     "distill": {
         "hinton": {"weight": 1.0, "temperature": 4.0},
@@ -127,7 +115,7 @@ DEFAULTS: dict = {
     "execution": {"workers": "auto", "threads_per_worker": 1, "executor": "local", "address": None},
     # cost measurement (latency: batch 1, ``threads`` CPU threads, all models of a study timed together after
     # training in ``rounds`` interleaved rounds of ``images`` test images each, in a random order from ``seed``;
-    # over the 25 students of results/teacher40, 5 rounds left their medians 8.8% apart, 20 rounds 5.1%)
+    # docs/decisions.md, "latency rounds")
     "cost": {"threads": 2, "warmup": 2, "rounds": 20, "images": 4, "seed": 0},
 }
 

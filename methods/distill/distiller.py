@@ -93,7 +93,7 @@ class TeacherCache:
     """The teacher's taps (and dense logits) per (image index, flip code), computed once, bounded in memory."""
 
     def __init__(self, teacher: nn.Module, budget_mb: float = 4096):
-        # channels-last: the frozen teacher's feature pass ran 1.2x faster on the CPU (results/bench/bench.md)
+        # channels-last for the frozen teacher's feature pass (docs/decisions.md, "channels-last")
         self.teacher = teacher.eval().to(memory_format=torch.channels_last)
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -137,7 +137,7 @@ class Distiller(nn.Module):
     for the first ``balance_steps`` training steps (default 20) its terms are computed but weighted 0 while the mean
     of its raw terms and of the detector's own loss are measured, and from then on its weight is fixed at
     r · mean(detector loss) / mean(raw term), so that term / detector loss = r at the start. The two losses fall at
-    different rates, so the ratio drifts (measured: a term balanced to 0.5 ends between 0.17 and 1.1); with
+    different rates, so the ratio drifts (docs/decisions.md, "balanced weights"); with
     ``rebalance: K`` (steps, or ``epoch``: ``steps_per_epoch``) the weight is measured again over every K steps after
     the window, from that block's means, and used for the next block. ``warmup_epochs`` (any method; needs
     ``steps_per_epoch``) ramps the weight linearly from 0 over the first epochs after that.
