@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from methods.distill import METHODS as DISTILL_METHODS
+
 PROFILE_DIR = Path(__file__).parent / "profiles"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,22 +70,12 @@ DEFAULTS: dict = {
     # ``baseline-long`` is the student alone for ``long_factor`` x its epochs (why the default has only Hinton KD:
     # docs/decisions.md, "the default's rows")
     "methods": ["baseline", "baseline-long", "hinton"],
-    "distill": {
-        "hinton": {"weight": 1.0, "temperature": 4.0},
-        "fitnets": {"weight": 100.0, "taps": ["c3", "c4", "c5"]},
-        "at": {"weight": 1000.0, "p": 2, "taps": ["c3", "c4", "c5"]},
-        "nst": {"weight": 50.0, "taps": ["c3", "c4", "c5"]},
-        # detection feature distillation on the FPN / neck maps the heads read. ``weight`` is the reference
-        # config's; with ``balance: r`` the weight is instead measured over the first ``balance_steps`` (20) steps
-        # so that the method's terms are r x the detector's own loss (methods.distill.distiller.Distiller), and its
-        # gradient is clipped apart from the detector's (study.train.backward_clipped_apart); ``rebalance: K``
-        # (steps, or ``epoch``) measures it again over every K steps, to hold r as the two losses fall apart
-        "pkd": {"weight": 6.0, "taps": ["p3", "p4", "p5"], "balance": 0.5},
-        "cwd": {"weight": 10.0, "tau": 1.0, "taps": ["p3", "p4", "p5"], "balance": 0.5},
-        "fgfi": {"weight": 0.01, "psi": 0.5, "taps": ["p3", "p4", "p5"], "balance": 0.5},
-        "ld": {"weight": 0.25, "temperature": 10.0, "balance": 0.5},  # YOLO's DFL head only
-        "ls": {"weight": 0.1},  # label smoothing, the weight is epsilon (a control: no teacher; RoI heads only)
-    },
+    # each distillation method's hyperparameters: its module's DEFAULTS (methods/distill/<method>.py, the
+    # literature's weights). ``balance: r`` (pkd, cwd, fgfi, ld): the weight is measured over the first
+    # ``balance_steps`` (20) steps so that the method's terms are r x the detector's own loss
+    # (methods.distill.distiller.Distiller), and its gradient is clipped apart from the detector's
+    # (study.train.backward_clipped_apart); ``rebalance: K`` (steps, or ``epoch``) measures it again every K steps
+    "distill": {name: copy.deepcopy(method.DEFAULTS) for name, method in DISTILL_METHODS.items()},
     # compression baselines applied to a family's trained teacher (each family's ``compress`` lists them; rows next
     # to the distilled students); their settings:
     "compression": {

@@ -26,46 +26,34 @@ from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrial
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
+from methods.distill import METHODS as DISTILL_METHODS
 from methods.distill.distiller import parse_method
 from study.cost import count_gflops
 from study.plan import RunSpec, detector_config, make_run_id, plan_detector
 from study.runner import Study
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-BALANCED = ("pkd", "cwd", "fgfi", "ld")  # searched by their ratio to the detector's loss, not a fixed weight
 TAP_CHOICES = {"faster_rcnn": ["c3,c4,c5", "c4,c5", "p3,p4,p5"], "fcos": ["c3,c4,c5", "c4,c5", "p3,p4,p5"],
                "yolo": ["p3,p4,p5", "p4,p5", "p3"]}  # YOLO's taps are its neck maps
 
 
+def _draw(trial: optuna.Trial, name: str, space, taps: list[str]):
+    if space == "taps":
+        return trial.suggest_categorical(name, taps).split(",")
+    kind, *args = space
+    if kind == "choice":
+        return trial.suggest_categorical(name, args[0])
+    return trial.suggest_float(name, args[0], args[1], log=kind == "log")
+
+
 def suggest(trial: optuna.Trial, method: str, detector: str = "faster_rcnn") -> dict:
-    """The search space of each distillation method (parts of a combination are searched jointly)."""
+    """The search space of each distillation method, as its module declares it (``SEARCH``; parts of a combination
+    are searched jointly, their parameters prefixed with the part's name)."""
     out = {}
-    tap_choices = TAP_CHOICES[detector]
     for part in parse_method(method):
         name = (lambda key: f"{part}.{key}") if "+" in method else (lambda key: key)
-        if part == "hinton":
-            out[part] = {"temperature": trial.suggest_float(name("temperature"), 1.0, 8.0),
-                         "weight": trial.suggest_float(name("weight"), 0.1, 10.0, log=True)}
-        elif part == "fitnets":
-            out[part] = {"weight": trial.suggest_float(name("weight"), 0.01, 100.0, log=True),
-                         "taps": trial.suggest_categorical(name("taps"), tap_choices).split(",")}
-        elif part == "at":
-            out[part] = {"weight": trial.suggest_float(name("weight"), 10.0, 10000.0, log=True),
-                         "p": trial.suggest_categorical(name("p"), [1, 2, 4]),
-                         "taps": trial.suggest_categorical(name("taps"), tap_choices).split(",")}
-        elif part == "nst":
-            out[part] = {"weight": trial.suggest_float(name("weight"), 1.0, 500.0, log=True),
-                         "taps": trial.suggest_categorical(name("taps"), tap_choices).split(",")}
-        elif part in ("pkd", "cwd", "fgfi"):  # balanced: the search sets the ratio to the detector's loss
-            out[part] = {"balance": trial.suggest_float(name("balance"), 0.05, 5.0, log=True),
-                         "taps": trial.suggest_categorical(name("taps"), tap_choices).split(",")}
-            if part == "cwd":
-                out[part]["tau"] = trial.suggest_float(name("tau"), 1.0, 4.0)
-            if part == "fgfi":
-                out[part]["psi"] = trial.suggest_float(name("psi"), 0.3, 0.8)
-        elif part == "ld":
-            out[part] = {"balance": trial.suggest_float(name("balance"), 0.05, 5.0, log=True),
-                         "temperature": trial.suggest_float(name("temperature"), 2.0, 20.0, log=True)}
+        out[part] = {key: _draw(trial, name(key), space, TAP_CHOICES[detector])
+                     for key, space in DISTILL_METHODS[part].SEARCH.items()}
     return out
 
 
@@ -78,12 +66,12 @@ def default_params(method: str, distill: dict, detector: str = "faster_rcnn") ->
     for part in parse_method(method):
         name = (lambda key: f"{part}.{key}") if "+" in method else (lambda key: key)
         cfg = distill.get(part, {})
-        searched = ("temperature", "balance", "tau", "psi") if part in BALANCED else ("temperature", "weight", "p")
-        for key in searched:
-            if cfg.get(key) is not None:
+        for key, space in DISTILL_METHODS[part].SEARCH.items():
+            if space == "taps":
+                if cfg.get("taps") and ",".join(cfg["taps"]) in TAP_CHOICES[detector]:
+                    params[name("taps")] = ",".join(cfg["taps"])
+            elif cfg.get(key) is not None:
                 params[name(key)] = cfg[key]
-        if cfg.get("taps") and ",".join(cfg["taps"]) in TAP_CHOICES[detector]:
-            params[name("taps")] = ",".join(cfg["taps"])
     return params
 
 

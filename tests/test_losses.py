@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.distill import attention_transfer_loss, fitnets_loss, hinton_kd_loss, nst_loss, sigmoid_kd_loss
-from methods.distill.losses import nst_teacher_kernel
+from methods.distill import nst_teacher_kernel
 
 
 # ------------------------------------------------------------------ hand-computed values
@@ -160,7 +160,7 @@ def test_sigmoid_kd_hand_value():
 
 # ------------------------------------------------------------------ label smoothing (the teacher-free control)
 def test_label_smoothing_term_turns_cross_entropy_into_torchs_label_smoothing():
-    from methods.distill.losses import label_smoothing_term
+    from methods.distill import label_smoothing_term
     torch.manual_seed(0)
     logits, labels = torch.randn(7, 4), torch.randint(0, 4, (7,))
     ce = F.cross_entropy(logits, labels)
@@ -170,7 +170,7 @@ def test_label_smoothing_term_turns_cross_entropy_into_torchs_label_smoothing():
 
 
 def test_label_smoothing_term_hand_value():
-    from methods.distill.losses import label_smoothing_term
+    from methods.distill import label_smoothing_term
     # two classes, logits (0, ln 3): log p = (ln 1/4, ln 3/4); U = -(ln 1/4 + ln 3/4)/2; label 1: CE = -ln 3/4
     logits = torch.tensor([[0.0, math.log(3.0)]])
     ce = torch.tensor(-math.log(0.75))

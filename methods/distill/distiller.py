@@ -22,18 +22,11 @@ import torch
 from torch import nn
 
 from detectors import declaration, module_at
-from detectors.faster_rcnn import grid_centres
+from methods.distill import METHODS
 from methods.distill.adapters import FeatureAdapter
-from methods.distill.losses import (attention_transfer_loss, cwd_loss, fgfi_loss, fgfi_mask, fitnets_loss,
-                                    hinton_kd_loss, label_smoothing_term, ld_loss, nst_loss, nst_teacher_kernel,
-                                    pkd_loss, sigmoid_kd_loss)
 
-FEATURE_LOSSES = {"fitnets": fitnets_loss, "at": attention_transfer_loss, "nst": nst_loss, "pkd": pkd_loss,
-                  "cwd": cwd_loss, "fgfi": fgfi_loss}
-ADAPTED = ("fitnets", "pkd", "cwd", "fgfi")  # compare the student's map after a 1x1 adapter to the teacher's shape
-TEACHER_FREE = ("ls",)  # label smoothing: a control with the same code path and no teacher
-METHODS = ("hinton", "ld") + tuple(FEATURE_LOSSES) + TEACHER_FREE
-ANCHOR_FREE_SCALE = 8  # FGFI on anchor-free heads: one square anchor of 8 x stride per point (ATSS's base anchor)
+ADAPTED = tuple(name for name, m in METHODS.items() if getattr(m, "ADAPTED", False))
+TEACHER_FREE = tuple(name for name, m in METHODS.items() if not m.TEACHER)  # controls: label smoothing
 
 
 def parse_method(method: str) -> list[str]:
@@ -154,12 +147,11 @@ class Distiller(nn.Module):
         name = self.family["name"]
         if teacher_cache is None and any(m not in TEACHER_FREE for m in methods):
             raise ValueError(f"{', '.join(m for m in methods if m not in TEACHER_FREE)} needs a teacher")
-        if "ls" in methods and "roi" not in self.family:
-            raise ValueError(f"ls smooths a softmax RoI classifier (Faster R-CNN), which {name} does not have")
         if teacher_cache is not None and name != teacher_cache.family["name"]:
             raise ValueError(f"a {name} student needs a {name} teacher, not {teacher_cache.family['name']}")
-        if "ld" in methods and "dense_boxes" not in self.family:
-            raise ValueError(f"ld needs a head that predicts box-edge distributions (YOLO), not {name}")
+        for method in methods:
+            if hasattr(METHODS[method], "check"):
+                METHODS[method].check(self.family)
         self.batch_scaled = getattr(student, "losses_summed_over_batch", False)
         self._captured: dict = {}
         self._teacher_kernels: dict = {}  # NST's K(t, t) per (tap, image, flip)
@@ -209,67 +201,13 @@ class Distiller(nn.Module):
         for h in self._hooks:
             h.remove()
 
-    def _hinton(self, hp: dict, teacher: dict) -> torch.Tensor:
-        cap, T = self._captured, hp["temperature"]
-        if "roi" in self.family:  # the teacher's RoI head classifies the student's sampled proposals
-            roi, model = self.family["roi"], self.teacher_cache.teacher
-            proposals, image_shapes = cap["proposals"]
-            with torch.no_grad():
-                pool = module_at(model, roi["pool"])
-                pooled = pool({k: teacher[k].float() for k in pool.featmap_names}, proposals, image_shapes)
-                teacher_logits, _ = module_at(model, roi["predictor"])(module_at(model, roi["head"])(pooled))
-            return hinton_kd_loss(cap["roi_logits"].float(), teacher_logits, T)
-        s, t = cap["dense_logits"].float(), teacher["dense_logits"].float()
-        return sigmoid_kd_loss(s.flatten(0, 1), t.flatten(0, 1), T)
-
-    def _ld(self, hp: dict, teacher: dict, targets: list[dict]) -> torch.Tensor:
-        """LD on the Detect head's DFL bins at the positive locations: here the anchor points whose centre lies
-        inside a ground-truth box (the candidate region of centre sampling; the assigner's own positives are inside
-        ultralytics' loss and not exposed)."""
-        s, t = self._captured["dense_boxes"].float(), teacher["dense_boxes"].float()
-        image_h, image_w = self._captured["x"].shape[-2:]
-        points = torch.cat([grid_centres(f.shape[-2], f.shape[-1], image_h / f.shape[-2], 0.5, s.device).reshape(-1, 2)
-                            for f in self._captured["taps"].values()])  # (A, 2), in the head's anchor order
-        rows_s, rows_t = [], []
-        for n, target in enumerate(targets):
-            boxes = target["boxes"].to(s.device)
-            inside = ((points[:, None, 0] > boxes[None, :, 0]) & (points[:, None, 0] < boxes[None, :, 2]) &
-                      (points[:, None, 1] > boxes[None, :, 1]) & (points[:, None, 1] < boxes[None, :, 3])).any(1)
-            bins = s.shape[-1] // 4
-            rows_s.append(s[n, inside].reshape(-1, bins))
-            rows_t.append(t[n, inside].reshape(-1, bins))
-        return ld_loss(torch.cat(rows_s), torch.cat(rows_t), hp.get("temperature", 10.0))
-
-    def _fgfi_mask(self, tap: str, feat: torch.Tensor, targets: list[dict]) -> torch.Tensor:
-        h, w = feat.shape[-2:]
-        stride = self._captured["x"].shape[-2] / h
-        anchors = self.family["anchors"](self.student, tap, h, w, stride)
-        psi = self.methods["fgfi"].get("psi", 0.5)
-        return torch.stack([fgfi_mask(anchors, t["boxes"].to(anchors.device).float(), psi) for t in targets])
-
-    @torch.no_grad()
-    def _nst_teacher_kernel(self, tap: str, s: torch.Tensor, t: torch.Tensor, keys) -> torch.Tensor | None:
-        """NST's mean K(t, t) for the batch from per-(tap, image, flip) values computed once (its largest kernel:
-        the teacher has the most channels); None without keys."""
-        if keys is None:
-            return None
-        missing = [i for i, k in enumerate(keys) if (tap, k) not in self._teacher_kernels]
-        if missing:
-            for i, value in zip(missing, nst_teacher_kernel(s[missing], t[missing])):
-                self._teacher_kernels[(tap, keys[i])] = value
-        return torch.stack([self._teacher_kernels[(tap, k)] for k in keys]).mean()
-
     def _raw_terms(self, name: str, hp: dict, teacher: dict, targets: list[dict], keys,
                    losses: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """A method's unweighted terms, one per tap (``kd_<method>_<tap>``) or one for the method; ``losses`` are
         the student's own (label smoothing reads its classifier's cross-entropy there)."""
-        if name == "ls":
-            classifier_loss = losses[self.family["roi"]["classifier_loss"]]
-            return {"kd_ls": label_smoothing_term(self._captured["roi_logits"].float(), classifier_loss.float())}
-        if name == "hinton":
-            return {"kd_hinton": self._hinton(hp, teacher)}
-        if name == "ld":
-            return {"kd_ld": self._ld(hp, teacher, targets)}
+        method = METHODS[name]
+        if hasattr(method, "terms"):
+            return method.terms(self, hp, teacher, targets, keys, losses or {})
         student_taps = self._captured["taps"]
         terms = {}
         for tap in hp["taps"]:
@@ -279,17 +217,7 @@ class Distiller(nn.Module):
             s, t = student_taps[tap].contiguous().float(), teacher[tap].float()
             if name in ADAPTED:
                 s = self.adapters[self._adapter_key(name, tap)](s, t.shape[-2:])
-            if name == "at":
-                term = attention_transfer_loss(s, t, hp.get("p", 2))
-            elif name == "nst":
-                term = nst_loss(s, t, self._nst_teacher_kernel(tap, s, t, keys))
-            elif name == "cwd":
-                term = cwd_loss(s, t, hp.get("tau", 1.0))
-            elif name == "fgfi":
-                term = fgfi_loss(s, t, self._fgfi_mask(tap, t, targets))
-            else:
-                term = FEATURE_LOSSES[name](s, t)
-            terms[f"kd_{name}_{tap}"] = term
+            terms[f"kd_{name}_{tap}"] = method.tap_term(self, hp, tap, s, t, targets, keys)
         return terms
 
     def _weight(self, name: str, hp: dict, raw: dict[str, torch.Tensor], detector_loss: torch.Tensor) -> float:
