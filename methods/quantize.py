@@ -2,8 +2,9 @@
 weights baseline.
 
 Path: ``torch.ao`` FX graph mode with the x86 engine (``prepare_fx`` / calibrate / ``convert_fx``). It is
-deprecated in torch 2.14 but works; the maintained path, torchao's PT2E ``X86InductorQuantizer``, failed on a
-plain exported ResNet-18 here ("Input partition has more than one output node"), so it is not used. What is
+deprecated in torch 2.14 but works, and the study's ``int8`` rows use it. The maintained path, torchao's PT2E
+``X86InductorQuantizer``, is :mod:`methods.quantize_pt2e` (a non-strict export of a torchvision ResNet needs its
+``split_repeated_calls`` pass; docs/quantization-notes.md), not yet wired into the study's rows. What is
 quantized: the backbone body and the FPN (BatchNorm folded into the convolutions); if the FPN does not trace, the
 body alone. What stays float, and why: the RPN and RoI heads (they run on variable-size proposal lists through
 torchvision ops). YOLO (ultralytics): every layer before the Detect head (backbone and neck), traced as one

@@ -1,0 +1,165 @@
+"""A detector's int8 in ONNX Runtime: export to ONNX, static int8 through ``onnxruntime.quantization``, and CPU
+latency at batch 1.
+
+- What is exported: the family's quantizable part (:func:`onnx_part`: the backbone body + FPN of Faster R-CNN and
+  FCOS, fed the normalised batch; the layers of a YOLO before its Detect head), or any module whose outputs are
+  tensors, lists, tuples or dicts of tensors (flattened into ONNX outputs in ``torch.utils._pytree`` order).
+- Export: ``torch.onnx.export``, the TorchScript-based exporter (``dynamo=False``, the default here) or the
+  ``torch.export``-based one (``dynamo=True``, which needs ``onnxscript``). Batch size fixed at export (1 here).
+- Int8: ``quantize_static`` in QDQ format (QuantizeLinear/DequantizeLinear pairs that ONNX Runtime fuses into int8
+  kernels), per-channel weights by default, activations calibrated (min-max) by a data reader over a few images.
+  ``quant_pre_process`` (shape inference, graph optimisation) runs first, as ONNX Runtime recommends.
+- Latency: ONNX Runtime's CPU provider, ``intra_op_num_threads`` fixed, one inter-op thread, batch 1; sessions are
+  timed together in interleaved rounds (each round visits every session in a fresh random order and times each
+  input once), as :func:`study.cost.interleaved_latency` times PyTorch models; median and interquartile range.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class FlatOutputs(torch.nn.Module):
+    """``module`` with its outputs flattened to a tuple of tensors (ONNX outputs are a flat list)."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return tuple(torch.utils._pytree.tree_leaves(self.module(x)))
+
+
+def onnx_part(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.nn.Module, torch.Tensor]:
+    """(module, its input for ``images`` ((N, 3, H, W) in 0..1)) for a detector's quantizable part, the same part
+    that :mod:`methods.quantize` and :mod:`methods.quantize_pt2e` make int8: the family's ``input`` module (the
+    backbone of Faster R-CNN and FCOS, on the transform's normalised batch); for YOLO the layers before the Detect
+    head (:class:`detectors.yolo.YOLOTrunk`, on the images)."""
+    from detectors import declaration, family_of, module_at
+
+    model = model.eval()
+    if family_of(model) == "yolo":
+        from detectors.yolo import YOLOTrunk
+        return YOLOTrunk(model.model).eval(), images.float()
+    part = module_at(model, declaration(model)["input"])
+    return part, model.transform(list(images.float()))[0].tensors
+
+
+def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path | str, dynamo: bool = False,
+                opset: int = 17) -> Path:
+    """Write ``module`` (eval mode, outputs flattened by :class:`FlatOutputs`) as ONNX at ``path``, traced on
+    ``example``. Returns the path."""
+    path = Path(path)
+    wrapped = FlatOutputs(module).eval()
+    with torch.no_grad():
+        if dynamo:
+            program = torch.onnx.export(wrapped, (example,), dynamo=True, opset_version=max(opset, 18),
+                                        input_names=["images"])
+            program.save(str(path))
+        else:
+            torch.onnx.export(wrapped, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=["images"], do_constant_folding=True)
+    return path
+
+
+class _Reader:
+    """An ``onnxruntime.quantization.CalibrationDataReader`` over a list of input arrays."""
+
+    def __init__(self, input_name: str, batches: list[np.ndarray]):
+        self.input_name, self.batches, self.i = input_name, batches, 0
+
+    def get_next(self):
+        if self.i >= len(self.batches):
+            return None
+        self.i += 1
+        return {self.input_name: self.batches[self.i - 1]}
+
+    def rewind(self):
+        self.i = 0
+
+
+def quantize_onnx_int8(fp32_path: Path | str, int8_path: Path | str, calibration: torch.Tensor,
+                       per_channel: bool = True, batch_size: int = 1) -> Path:
+    """Static int8 (QDQ) of the ONNX model at ``fp32_path`` into ``int8_path``, calibrated (min-max) on
+    ``calibration``: the model's inputs, (N, ...), fed ``batch_size`` at a time (the exported batch size), or one
+    (C, H, W) image at a time to a model whose input has no batch dimension (a whole torchvision detector).
+    Activations uint8, weights int8 (per channel by default). ``quant_pre_process`` runs first; where its symbolic
+    shape inference fails (a whole detector's data-dependent shapes), it runs without it."""
+    import onnxruntime
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32_path, int8_path = Path(fp32_path).resolve(), Path(int8_path).resolve()
+    prepared = int8_path.with_name(int8_path.stem + ".prep.onnx")
+    with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):  # it leaves temp files in the cwd
+        try:
+            quant_pre_process(str(fp32_path), str(prepared))
+        except Exception:  # "Incomplete symbolic shape inference"
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+    model_input = onnxruntime.InferenceSession(str(prepared), providers=["CPUExecutionProvider"]).get_inputs()[0]
+    batches = [calibration[i:i + batch_size].float().numpy() for i in range(0, len(calibration), batch_size)]
+    if len(model_input.shape) < calibration.dim():
+        batches = [image for batch in batches for image in batch]
+    quantize_static(str(prepared), str(int8_path), _Reader(model_input.name, batches), quant_format=QuantFormat.QDQ,
+                    per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    prepared.unlink(missing_ok=True)
+    return int8_path
+
+
+def session(path: Path | str, threads: int = 1):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads and one inter-op thread."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run(sess, x: torch.Tensor) -> list[np.ndarray]:
+    """The session's outputs for the input ``x``."""
+    return sess.run(None, {sess.get_inputs()[0].name: x.float().numpy()})
+
+
+def interleaved_ort_latency(sessions: dict, inputs: list[torch.Tensor], cfg: dict, seed: int = 0) -> dict:
+    """Latency of every ONNX Runtime session in ``sessions`` (key -> session): ``cfg["warmup"]`` untimed runs per
+    session, then ``cfg["rounds"]`` rounds, each visiting the sessions in a random order (from ``seed``) and timing
+    one run of each of ``inputs``. Returns key -> {"cpu_ms": median, "cpu_ms_iqr": 75th - 25th percentile}.
+    Thread counts are the sessions' own (:func:`session`)."""
+    feeds = {key: [{s.get_inputs()[0].name: x.float().numpy()} for x in inputs] for key, s in sessions.items()}
+    for key, s in sessions.items():
+        for _ in range(cfg["warmup"]):
+            s.run(None, feeds[key][0])
+    times: dict = {key: [] for key in sessions}
+    order = list(sessions)
+    rng = random.Random(seed)
+    for _ in range(cfg["rounds"]):
+        rng.shuffle(order)
+        for key in order:
+            for feed in feeds[key]:
+                start = time.perf_counter()
+                sessions[key].run(None, feed)
+                times[key].append((time.perf_counter() - start) * 1000)
+    out = {}
+    for key, values in times.items():
+        q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+        out[key] = {"cpu_ms": statistics.median(values), "cpu_ms_iqr": q3 - q1}
+    return out
+
+
+def compare(reference, outputs: list[np.ndarray]) -> dict:
+    """Max absolute error, it relative to the reference's largest magnitude, and cosine similarity between a
+    PyTorch output (any nesting of tensors) and ONNX Runtime's flat outputs."""
+    ref = torch.cat([t.detach().flatten().float() for t in torch.utils._pytree.tree_leaves(reference)])
+    out = torch.cat([torch.from_numpy(np.asarray(o)).flatten().float() for o in outputs])
+    diff = (ref - out).abs().max().item()
+    return {"max_abs": diff, "max_rel": diff / max(ref.abs().max().item(), 1e-12),
+            "cosine": torch.nn.functional.cosine_similarity(ref, out, dim=0).item()}
