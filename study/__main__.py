@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from study.data import DataError
+from study.errors import StudyError
 
 
 def write_frontier_of(study, runs_csv: Path, out: Path) -> Path:
@@ -16,7 +16,21 @@ def write_frontier_of(study, runs_csv: Path, out: Path) -> Path:
     return write_frontier(runs_csv, out, study.test_ground_truth(), cfg["bootstrap"], cfg["bootstrap_seed"])
 
 
-def main(argv: list[str] | None = None) -> int:
+def profile_of(name_or_path: str) -> dict:
+    """:func:`study.defaults.load_profile` (its one-line errors are :class:`StudyError`)."""
+    from study.defaults import load_profile
+    return load_profile(name_or_path)
+
+
+def profile_and_out(args) -> tuple[dict, Path]:
+    """The profile ``--profile`` names and the results folder (``--out``, or results/<profile>)."""
+    from study.defaults import PROJECT_ROOT
+    profile = profile_of(args.profile)
+    return profile, Path(args.out) if args.out else PROJECT_ROOT / "results" / profile["name"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser: one subparser per subcommand of :data:`COMMANDS`."""
     parser = argparse.ArgumentParser(prog="python -m study", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a study profile (finished runs are skipped)")
@@ -94,91 +108,132 @@ def main(argv: list[str] | None = None) -> int:
     report = sub.add_parser("report", help="write tables from a runs.csv")
     report.add_argument("--runs", required=True, help="a runs.csv")
     report.add_argument("--out", required=True, help="output folder")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def cmd_run(args) -> int:
     from study.report import write_report
+    from study.runner import Study
     from study.store import read_runs
+    profile, out = profile_and_out(args)
+    tuned = None
+    if args.tuned:
+        from study.search import load_tuned
+        tuned = load_tuned(profile, out, args.storage)
+        found = [f"{d} {m}" for d, methods in tuned.items() for m in methods]
+        print(f"tuned hyperparameters for: {', '.join(found) or 'no method (no finished search)'}")
+    if args.executor or args.address:
+        profile["execution"] = profile["execution"] | {"executor": args.executor or "ray", "address": args.address}
+    study = Study(profile, out, args.data, args.device, progress=not args.no_progress, workers=args.workers,
+                  val_only=args.val_only)
+    study.reuse(args.reuse, tuned)
+    runs_csv = study.run(tuned=tuned)
+    planned = {s.run_id for s in study.planned(tuned)}
+    statuses = [r["status"] for r in read_runs(runs_csv) if r["run_id"] in planned]
+    if statuses and all(s == "failed" for s in statuses):
+        print(f"error: every run of the study failed ({len(statuses)}); the reasons are in {runs_csv}",
+              file=sys.stderr)
+        return 1
+    if args.val_only:
+        print(f"wrote {runs_csv}")
+    else:
+        print(f"wrote {runs_csv} and {write_report(runs_csv, out)}")
+        if profile["report"]["frontier"]:
+            print(f"wrote {write_frontier_of(study, runs_csv, out)}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    profile, out = profile_and_out(args)
+    if (args.n_trials is None) == (args.budget_epochs is None):  # (search() says so too, as a bare ValueError)
+        raise StudyError("give exactly one budget: n_trials or budget_epochs")
+    from study.search import search as run_search
+    st = run_search(profile, args.method, args.n_trials, out, args.storage, args.data, args.device,
+                    args.pruner, args.multi_objective, detector=args.detector,
+                    budget_epochs=args.budget_epochs, seed=args.seed, min_epochs=args.min_epochs)
+    print(f"search '{st.study_name}': {len(st.trials)} trials in storage; report in {out / 'search'}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    profile, _ = profile_and_out(args)
+    from study.bench.benchmarks import run_bench
+    if "fcos" not in profile["detectors"]:
+        profile["detectors"] = profile["detectors"] + ["fcos"]  # benchmarked even where a profile omits it
+    settings = {"train_images": args.train_images} if args.train_images else {}
+    if args.skip_scaling:
+        settings["scaling_base"] = None
+    run_bench(profile, Path(args.out), args.data, args.device, settings)
+    print(f"wrote {Path(args.out) / 'bench.md'} and bench.json")
+    return 0
+
+
+def cmd_parity(args) -> int:
+    profile, _ = profile_and_out(args)
+    from study.bench.parity import run_parity_seeds
+    r = run_parity_seeds(profile, args.model, args.image_size, args.epochs, args.seeds, Path(args.out),
+                         args.data, args.device)
+    print(f"harness mAP {r['harness']['map_mean']:.3f}, ultralytics mAP {r['ultralytics']['map_mean']:.3f} "
+          f"({r['difference_points_mean']:+.2f} points); wrote {Path(args.out) / 'parity.md'}")
+    return 0
+
+
+def cmd_tuned(args) -> int:
+    profile, out = profile_and_out(args)
+    from study.tuned import run_tuned
+    print(f"wrote {run_tuned(profile, out, args.data, args.device, args.storage, reuse=args.reuse)}")
+    return 0
+
+
+def cmd_rival(args) -> int:
+    profile, out = profile_and_out(args)
+    from study.report import write_report
+    from study.rival import run_rival
+    from study.runner import Study
+    runs_csv = run_rival(Study(profile, out, args.data, args.device, progress=False))
+    print(f"wrote {runs_csv} and {write_report(runs_csv, out)}")
+    return 0
+
+
+def cmd_frontier(args) -> int:
+    from study.runner import Study
+    study = Study(profile_of(args.profile), Path(args.runs).parent, args.data, progress=False)
+    print(f"wrote {write_frontier_of(study, Path(args.runs), Path(args.out or Path(args.runs).parent))}")
+    return 0
+
+
+def cmd_replicate(args) -> int:
+    from study.replicate import write_replication
+    out = Path(args.out) if args.out else Path(args.original) / "REPLICATION.md"
+    command = (f"python -m study run --profile {args.profile} --out " + args.replicate +
+               f" && python -m study replicate --original {args.original} --replicate {args.replicate}")
+    print(f"wrote {write_replication(Path(args.original), Path(args.replicate), out, command)}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    if (Path(args.runs).parent / "tuning.json").exists():  # a tuned study's: its tuning section too
+        from study.tuned import write_tuned_report
+        print(f"wrote {write_tuned_report(Path(args.runs), Path(args.out))}")
+    else:
+        from study.report import write_report
+        print(f"wrote {write_report(Path(args.runs), Path(args.out))}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "search": cmd_search, "parity": cmd_parity, "bench": cmd_bench, "rival": cmd_rival,
+            "tuned": cmd_tuned, "replicate": cmd_replicate, "frontier": cmd_frontier, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; a :class:`StudyError` (an input the study cannot use: a profile, data, runs file, device
+    or cluster address) is one line on stderr and exit code 2, anything else keeps its traceback."""
+    args = build_parser().parse_args(argv)
     try:
-        if args.command in ("run", "search", "parity", "bench", "rival", "tuned"):
-            from study.defaults import PROJECT_ROOT, load_profile
-            profile = load_profile(args.profile)
-            out = Path(args.out) if args.out else PROJECT_ROOT / "results" / profile["name"]
-        if args.command == "run":
-            from study.runner import Study
-            tuned = None
-            if args.tuned:
-                from study.search import load_tuned
-                tuned = load_tuned(profile, out, args.storage)
-                found = [f"{d} {m}" for d, methods in tuned.items() for m in methods]
-                print(f"tuned hyperparameters for: {', '.join(found) or 'no method (no finished search)'}")
-            if args.executor or args.address:
-                profile["execution"] = profile["execution"] | {"executor": args.executor or "ray",
-                                                               "address": args.address}
-            study = Study(profile, out, args.data, args.device, progress=not args.no_progress, workers=args.workers,
-                          val_only=args.val_only)
-            study.reuse(args.reuse, tuned)
-            runs_csv = study.run(tuned=tuned)
-            planned = {s.run_id for s in study.planned(tuned)}
-            statuses = [r["status"] for r in read_runs(runs_csv) if r["run_id"] in planned]
-            if statuses and all(s == "failed" for s in statuses):
-                print(f"error: every run of the study failed ({len(statuses)}); the reasons are in {runs_csv}",
-                      file=sys.stderr)
-                return 1
-            if args.val_only:
-                print(f"wrote {runs_csv}")
-            else:
-                print(f"wrote {runs_csv} and {write_report(runs_csv, out)}")
-                if profile["report"]["frontier"]:
-                    print(f"wrote {write_frontier_of(study, runs_csv, out)}")
-        elif args.command == "search":
-            from study.search import search as run_search
-            st = run_search(profile, args.method, args.n_trials, out, args.storage, args.data, args.device,
-                            args.pruner, args.multi_objective, detector=args.detector,
-                            budget_epochs=args.budget_epochs, seed=args.seed, min_epochs=args.min_epochs)
-            print(f"search '{st.study_name}': {len(st.trials)} trials in storage; report in {out / 'search'}")
-        elif args.command == "bench":
-            from study.bench.benchmarks import run_bench
-            if "fcos" not in profile["detectors"]:
-                profile["detectors"] = profile["detectors"] + ["fcos"]  # benchmarked even where a profile omits it
-            settings = {"train_images": args.train_images} if args.train_images else {}
-            if args.skip_scaling:
-                settings["scaling_base"] = None
-            run_bench(profile, Path(args.out), args.data, args.device, settings)
-            print(f"wrote {Path(args.out) / 'bench.md'} and bench.json")
-        elif args.command == "parity":
-            from study.bench.parity import run_parity_seeds
-            r = run_parity_seeds(profile, args.model, args.image_size, args.epochs, args.seeds, Path(args.out),
-                                 args.data, args.device)
-            print(f"harness mAP {r['harness']['map_mean']:.3f}, ultralytics mAP {r['ultralytics']['map_mean']:.3f} "
-                  f"({r['difference_points_mean']:+.2f} points); wrote {Path(args.out) / 'parity.md'}")
-        elif args.command == "tuned":
-            from study.tuned import run_tuned
-            print(f"wrote {run_tuned(profile, out, args.data, args.device, args.storage, reuse=args.reuse)}")
-        elif args.command == "rival":
-            from study.rival import run_rival
-            from study.runner import Study
-            runs_csv = run_rival(Study(profile, out, args.data, args.device, progress=False))
-            print(f"wrote {runs_csv} and {write_report(runs_csv, out)}")
-        elif args.command == "frontier":
-            from study.defaults import load_profile
-            from study.runner import Study
-            study = Study(load_profile(args.profile), Path(args.runs).parent, args.data, progress=False)
-            print(f"wrote {write_frontier_of(study, Path(args.runs), Path(args.out or Path(args.runs).parent))}")
-        elif args.command == "replicate":
-            from study.replicate import write_replication
-            out = Path(args.out) if args.out else Path(args.original) / "REPLICATION.md"
-            command = (f"python -m study run --profile {args.profile} --out " + args.replicate +
-                       f" && python -m study replicate --original {args.original} --replicate {args.replicate}")
-            print(f"wrote {write_replication(Path(args.original), Path(args.replicate), out, command)}")
-        elif (Path(args.runs).parent / "tuning.json").exists():  # a tuned study's: its tuning section too
-            from study.tuned import write_tuned_report
-            print(f"wrote {write_tuned_report(Path(args.runs), Path(args.out))}")
-        else:
-            print(f"wrote {write_report(Path(args.runs), Path(args.out))}")
-    except (DataError, FileNotFoundError, ValueError, ConnectionError) as exc:
+        return COMMANDS[args.command](args)
+    except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pathlib import Path
 import ray
 import torch
 
+from study.errors import ClusterUnreachable, StudyError
 from study.schedule import run_jobs
 
 PLACE_TIMEOUT_S = 300  # a study with no live worker gives up on placing one after this long
@@ -168,12 +169,12 @@ def check_reachable(address: str, timeout_s: float = 10.0) -> None:
     control store for minutes); a listening head is left to Ray."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
-        raise ValueError(f"--address {address}: expected HOST:PORT of the Ray head")
+        raise StudyError(f"--address {address}: expected HOST:PORT of the Ray head")
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise ConnectionError(f"cannot join the Ray cluster at {address}: nothing answers there ({reason}); start "
+        raise ClusterUnreachable(f"cannot join the Ray cluster at {address}: nothing answers there ({reason}); start "
                               f"it with `ray start --head --port {port}` (docs/cluster.md)") from exc
 
 
@@ -189,7 +190,7 @@ def run_on_ray(study, todo: list, execution: dict, record) -> dict:
             ray.init(address=address, include_dashboard=False, log_to_driver=study.log is print,
                      logging_level="warning")
         except ConnectionError as exc:  # Ray's own message names neither cause below
-            raise ConnectionError(
+            raise ClusterUnreachable(
                 f"cannot join the Ray cluster at {address}: it is not up, or its nodes use token authentication "
                 f"(`ray start` turns it on when ~/.ray/auth_token exists; a driver given an address does not): "
                 f"set RAY_AUTH_MODE the same on the nodes and here (docs/cluster.md)") from exc

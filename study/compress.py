@@ -2,7 +2,7 @@
 
 Each method is one function returning what it made (:class:`Compressed`); :func:`execute_compression` evaluates and
 measures it the same way for all three. Seeded before anything is drawn (calibration and pruning; fine-tuning
-re-seeds in :meth:`study.runner.Study.train_run`).
+re-seeds in :func:`study.run_kinds.train_run`).
 """
 from __future__ import annotations
 

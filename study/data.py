@@ -29,11 +29,13 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from study.errors import StudyError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "val", "test")
 
 
-class DataError(ValueError):
+class DataError(StudyError):
     """A problem with the input data; the message is one line naming the file."""
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from methods.distill import METHODS as DISTILL_METHODS
+from study.errors import MissingInput, StudyError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -159,21 +160,28 @@ def load_profile(name_or_path: str) -> dict:
         path = PROFILE_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
-        raise FileNotFoundError(f"{path}: no such profile (known: {known})")
-    override = yaml.safe_load(path.read_text()) or {}
+        raise MissingInput(f"{path}: no such profile (known: {known})")
+    try:
+        override = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f": line {mark.line + 1}" if mark else ""
+        raise StudyError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from exc
+    if not isinstance(override, dict):
+        raise StudyError(f"{path}: a profile is a mapping of keys to values, not {type(override).__name__}")
     moved = [k for k in override if k in MOVED]
     if moved:
-        raise ValueError(f"{path}: top-level key {moved[0]!r} has moved to {MOVED[moved[0]]} (each detector family "
+        raise StudyError(f"{path}: top-level key {moved[0]!r} has moved to {MOVED[moved[0]]} (each detector family "
                          "has its own section)")
     unknown = unknown_keys(override, DEFAULTS | {"name": "", "description": ""})
     if unknown:
-        raise ValueError(f"{path}: unknown key {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)"
+        raise StudyError(f"{path}: unknown key {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)"
                                                                    if len(unknown) > 1 else ""))
     profile = _merge(DEFAULTS, override)
     profile["name"] = override.get("name", path.stem)
     bad = bad_values(profile)
     if bad:
-        raise ValueError(f"{path}: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+        raise StudyError(f"{path}: {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
     return profile
 
 

@@ -9,7 +9,7 @@ done), YOLO's student 108 vs 2 x 75 img/s (1.4x). So a study's runs are handed t
   the Ray executor, :mod:`study.cluster`); each worker returns a finished run's row and this process alone writes
   ``runs.csv``.
 - Latency is not timed in a worker (the other workers would share its cores): the model as evaluated is kept and
-  timed afterwards, alone (:meth:`study.runner.Study.measure_deferred_latency`).
+  timed afterwards, alone (:func:`study.latency_pass.measure_deferred_latency`).
 - A worker that dies (killed, out of memory) is replaced; its run is retried once, then recorded as failed; a
   killed study resumes from ``runs.csv`` as a serial one does. Workers die with this process (Linux: parent-death
   signal).
@@ -25,6 +25,7 @@ from multiprocessing.connection import wait
 
 import torch
 
+from study.errors import StudyError
 from study.schedule import run_jobs
 
 MEMORY_PER_WORKER_GB = 6  # a worker's dataset copy, models and teacher cache (teacher_cache_mb 4096 at most)
@@ -36,7 +37,7 @@ def worker_count(execution: dict, device: torch.device) -> int:
     workers = execution["workers"]
     if workers != "auto":
         if not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"execution.workers must be 'auto' or a positive integer, not {workers!r}")
+            raise StudyError(f"execution.workers must be 'auto' or a positive integer, not {workers!r}")
         return workers
     if device.type == "cuda":
         return max(1, torch.cuda.device_count()) if device.index is None else 1  # one worker per GPU

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from methods.distill.distiller import needs_teacher, parse_method
 from study.defaults import _merge
+from study.errors import StudyError
 
 
 DETECTORS = ("faster_rcnn", "fcos", "yolo")
@@ -45,7 +46,7 @@ def detector_config(profile: dict, detector: str) -> dict:
     (``faster_rcnn``, ``yolo``, ``fcos``) gives its roles, shape and compression rows and overrides the top-level
     ``train``/``distill``/``methods``."""
     if detector not in DETECTORS:
-        raise ValueError(f"unknown detector '{detector}' (known: {', '.join(DETECTORS)})")
+        raise StudyError(f"unknown detector '{detector}' (known: {', '.join(DETECTORS)})")
     section = profile[detector]
     return {"teacher": section["teacher"], "student": section["student"],
             "train": _merge(profile["train"], section.get("train", {})),
@@ -86,12 +87,12 @@ def student_sizes(profile: dict, detector: str) -> list[dict]:
     for n, size in enumerate(profile[detector].get("sizes", []), 1):
         unknown = set(size) - {"student", "methods", "seeds"}
         if unknown:
-            raise ValueError(f"{detector}.sizes[{n}]: unknown key {sorted(unknown)[0]!r} (student, methods, seeds)")
+            raise StudyError(f"{detector}.sizes[{n}]: unknown key {sorted(unknown)[0]!r} (student, methods, seeds)")
         sizes.append({"student": cfg["student"] | size.get("student", {}),
                       "methods": size.get("methods", cfg["methods"]), "seeds": size.get("seeds", profile["seeds"])})
     names = [_role_name(s["student"]) for s in sizes]
     if len(set(names)) != len(names):
-        raise ValueError(f"{detector}.sizes: two student sizes share the name {names} (each needs its own "
+        raise StudyError(f"{detector}.sizes: two student sizes share the name {names} (each needs its own "
                          "backbone or model)")
     return sizes
 
@@ -144,7 +145,7 @@ def plan_detector(profile: dict, detector: str, dataset_name: str, tuned: dict[s
                     if tuned and method in tuned:
                         hp["distill"], hp["tuned"] = tuned[method]["distill"], tuned[method]["source"]
                     elif method.endswith(TUNED_SUFFIX):
-                        raise ValueError(f"method '{method}' has no finished search to take its settings from")
+                        raise StudyError(f"method '{method}' has no finished search to take its settings from")
                 spec = RunSpec(make_run_id(detector, name, method, seed, hp), "student", name, method, seed, hp,
                                detector)
                 students[(name, method, seed)] = spec
@@ -159,7 +160,7 @@ def plan_detector(profile: dict, detector: str, dataset_name: str, tuned: dict[s
     for source, role in sources:
         for method in (cfg["compress"] if source is first_teacher else cs["methods"]):
             if method not in cfg["compression"]:
-                raise ValueError(f"unknown compression method '{method}' (known: {', '.join(cfg['compression'])})")
+                raise StudyError(f"unknown compression method '{method}' (known: {', '.join(cfg['compression'])})")
             comp = cfg["compression"][method]
             hp = common | {"role": role, "compress": {k: v for k, v in comp.items() if k != "kd"},
                            "source_run": source.run_id}

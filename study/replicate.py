@@ -12,6 +12,7 @@ import math
 import statistics
 from pathlib import Path
 
+from study.errors import StudyError
 from study.report import group_runs, table_rows
 from study.stats import holm, paired_summary, t_quantile
 from study.store import read_study_rows
@@ -33,7 +34,7 @@ def compare(original: list[dict], replicate: list[dict]) -> list[dict]:
     seen_seeds = {(r["detector"], r["method"], r["seed"]) for r in original}
     overlap = [r["run_id"] for r in replicate if (r["detector"], r["method"], r["seed"]) in seen_seeds]
     if overlap:
-        raise ValueError(f"the replicate reuses seeds of the original (first: {overlap[0]}); use disjoint seeds")
+        raise StudyError(f"the replicate reuses seeds of the original (first: {overlap[0]}); use disjoint seeds")
     groups_o, groups_r = group_runs(original), group_runs(replicate)
     rows_o = {(r["detector"], r["backbone"], r["method"]): r for r in table_rows(groups_o, original)}
     rows_r = {(r["detector"], r["backbone"], r["method"]): r for r in table_rows(groups_r, replicate)}

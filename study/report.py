@@ -6,6 +6,7 @@ Writes into ``out``: ``table.md``, ``table.tex`` (booktabs), ``table.csv``, ``st
 from __future__ import annotations
 
 import csv
+import io
 import json
 import platform
 import statistics
@@ -303,49 +304,77 @@ def latency_agreement(groups: list[Group]) -> list[str]:
     return out
 
 
-def write_report(runs_csv: Path, out: Path) -> Path:
-    """Write every table, figure and REPORT.md for ``runs_csv`` into ``out``; return REPORT.md's path."""
-    runs_csv, out = Path(runs_csv), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def compute_report(runs_csv: Path) -> dict:
+    """Everything the report shows, computed from ``runs_csv`` (and ``executions.csv`` beside it), as a plain dict:
+    the rows read (``all_rows``), their groups, the table's rows with their paired statistics (``rows``,
+    :func:`table_rows`), the failed and compressed runs, the study's profiles, datasets, devices, seeds and image
+    sizes, the executions, and the software versions where the report is written."""
+    runs_csv = Path(runs_csv)
     all_rows = read_study_rows(runs_csv)
     groups = group_runs(all_rows)
-    rows = table_rows(groups, all_rows)
-    (out / "table.md").write_text(markdown_table(rows))
-    (out / "table.tex").write_text(latex_table(rows))
-    against_base = stats_markdown(rows) if any(r.get("paired") for r in rows) else ""  # none: only baselines
-    against_long = stats_markdown(rows, "paired_long") if any(r.get("paired_long") for r in rows) else ""
-    against_rival = stats_markdown(rows, "paired_rival") if any(r.get("paired_rival") for r in rows) else ""
-    (out / "stats.md").write_text(against_base + (
+    import torch, torchvision  # noqa: E401 - versions for the record
+    return {
+        "runs_csv": runs_csv, "all_rows": all_rows, "groups": groups, "rows": table_rows(groups, all_rows),
+        "failed": [r for r in all_rows if r["status"] != "ok"],
+        "compressed": [r for r in all_rows if r["status"] == "ok" and r.get("details")],
+        "profiles": sorted({r["profile"] for r in all_rows}),
+        "datasets": sorted({r["dataset"] for r in all_rows}),
+        "devices": sorted({r["device"] for r in all_rows}),
+        "seeds": sorted({int(r["seed"]) for r in all_rows if r["method"] not in ("teacher",)}),
+        "teacher_seeds": sorted({int(r["seed"]) for r in all_rows if r["method"] == "teacher"}),
+        "total_s": sum(float(r["train_s"] or 0) for r in all_rows),
+        "image_sizes": sorted({json.loads(r["hparams"]).get("image_size") for r in all_rows if r["hparams"]}
+                              - {None}),
+        "executions": read_runs(runs_csv.parent / "executions.csv"),
+        "software": {"python": platform.python_version(), "torch": torch.__version__,
+                     "torchvision": torchvision.__version__},
+    }
+
+
+TABLE_CSV_KEYS = ["detector", "backbone", "method", "seeds", "failed", "params", "gflops", "size_mb", "cpu_ms", "map",
+                  "map_std", "map50", "map50_std", "delta", "delta_pct", "exceeds_spread", "cpu_ms_spread",
+                  "late_peaks", "val_map"]
+
+
+def comparisons_markdown(rows: list[dict]) -> dict[str, str]:
+    """The paired-comparison tables of :func:`stats_markdown` against ``baseline``, ``baseline-long`` and
+    ultralytics' own trainer (key ``paired``, ``paired_long``, ``paired_rival``); "" where no row has one."""
+    return {key: stats_markdown(rows, key) if any(r.get(key) for r in rows) else ""  # none: only baselines
+            for key in ("paired", "paired_long", "paired_rival")}
+
+
+def render_tables(report: dict) -> dict[str, str]:
+    """The text of ``table.md``, ``table.tex``, ``stats.md`` and ``table.csv`` for :func:`compute_report`'s dict."""
+    rows = report["rows"]
+    compared = comparisons_markdown(rows)
+    against_base, against_long, against_rival = compared["paired"], compared["paired_long"], compared["paired_rival"]
+    stats = against_base + (
         "\nAgainst `baseline-long`:\n\n" + against_long if against_long else "") + (
         "\nAgainst ultralytics' own trainer (`distill_model=`; plain for `baseline`):\n\n" + against_rival
-        if against_rival else ""))
-    with (out / "table.csv").open("w", newline="") as f:
-        keys = ["detector", "backbone", "method", "seeds", "failed", "params", "gflops", "size_mb", "cpu_ms", "map",
-                "map_std", "map50", "map50_std", "delta", "delta_pct", "exceeds_spread", "cpu_ms_spread",
-                "late_peaks", "val_map"]
-        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    figures = write_figures(groups, rows, runs_csv.parent / "runs", out)
-    failed = [r for r in all_rows if r["status"] != "ok"]
-    profiles = sorted({r["profile"] for r in all_rows})
-    datasets = sorted({r["dataset"] for r in all_rows})
-    devices = sorted({r["device"] for r in all_rows})
-    seeds = sorted({int(r["seed"]) for r in all_rows if r["method"] not in ("teacher",)})
-    teacher_seeds = sorted({int(r["seed"]) for r in all_rows if r["method"] == "teacher"})
-    total_s = sum(float(r["train_s"] or 0) for r in all_rows)
-    hparams = {json.loads(r["hparams"]).get("image_size") for r in all_rows if r["hparams"]} - {None}
-    import torch, torchvision  # noqa: E401 - versions for the record
-    lines = [f"# Report: {', '.join(profiles)} on {', '.join(datasets)}", "",
-             f"- runs: {len(all_rows)} ({len(failed)} failed); seeds for student rows: {seeds}; teacher seeds: "
-             f"{teacher_seeds}; image size (longer side): {sorted(hparams)}",
-             f"- hardware (threads per run): {'; '.join(devices)}; "
-             f"software where this report was written: Python {platform.python_version()}, torch {torch.__version__}, "
-             f"torchvision {torchvision.__version__}",
-             f"- total training time of the runs: {total_s / 60:.1f} min (summed; runs may have run at once)",
+        if against_rival else "")
+    table_csv = io.StringIO(newline="")
+    writer = csv.DictWriter(table_csv, fieldnames=TABLE_CSV_KEYS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return {"table.md": markdown_table(rows), "table.tex": latex_table(rows), "stats.md": stats,
+            "table.csv": table_csv.getvalue()}
+
+
+def render_report_md(report: dict, figures: list[str]) -> str:
+    """The text of ``REPORT.md`` for :func:`compute_report`'s dict, embedding the figures ``figures``."""
+    rows, groups, failed, software = report["rows"], report["groups"], report["failed"], report["software"]
+    compared = comparisons_markdown(rows)
+    against_base, against_long, against_rival = compared["paired"], compared["paired_long"], compared["paired_rival"]
+    lines = [f"# Report: {', '.join(report['profiles'])} on {', '.join(report['datasets'])}", "",
+             f"- runs: {len(report['all_rows'])} ({len(failed)} failed); seeds for student rows: {report['seeds']}; "
+             f"teacher seeds: {report['teacher_seeds']}; image size (longer side): {report['image_sizes']}",
+             f"- hardware (threads per run): {'; '.join(report['devices'])}; "
+             f"software where this report was written: Python {software['python']}, torch {software['torch']}, "
+             f"torchvision {software['torchvision']}",
+             f"- total training time of the runs: {report['total_s'] / 60:.1f} min (summed; runs may have run at once)",
              *[f"- execution {e['started']} ({e['profile']}): {e['runs_executed']} of {e['runs_planned']} runs, "
                f"{e['workers']} at a time x {e['threads_per_run']} thread(s), {e['device']}: "
-               f"{float(e['wall_s']) / 60:.1f} min wall" for e in read_runs(runs_csv.parent / "executions.csv")],
+               f"{float(e['wall_s']) / 60:.1f} min wall" for e in report["executions"]],
              "- mAP is COCO mAP@[.5:.95] on the test split; GFLOPs = 2 × GMACs of one forward pass; CPU ms is the "
              "median per image at batch 1 over interleaved rounds (every model timed in each round, in a random "
              "order, over several test images), ± its spread (the larger of the runs' mean interquartile range and "
@@ -384,11 +413,22 @@ def write_report(runs_csv: Path, out: Path) -> Path:
         lines += ["## Latency of identical architectures", "", *latency_agreement(groups), ""]
     if failed:
         lines += ["## Failed runs", ""] + [f"- `{r['run_id']}`: {r['error']}" for r in failed] + [""]
-    compressed = [r for r in all_rows if r["status"] == "ok" and r.get("details")]
-    if compressed:
+    if report["compressed"]:
         lines += ["## Compression details", "", "| Run | Method | Details |", "|---|---|---|"]
-        lines += [f"| `{r['run_id']}` | {r['method']} | {r['details']} |" for r in compressed] + [""]
+        lines += [f"| `{r['run_id']}` | {r['method']} | {r['details']} |" for r in report["compressed"]] + [""]
     lines += ["## Figures", ""] + [f"![{name}]({name})" for name in figures]
-    report = out / "REPORT.md"
-    report.write_text("\n".join(lines) + "\n")
-    return report
+    return "\n".join(lines) + "\n"
+
+
+def write_report(runs_csv: Path, out: Path) -> Path:
+    """Write every table, figure and REPORT.md for ``runs_csv`` into ``out`` (:func:`compute_report`, then
+    :func:`render_tables`, the figures and :func:`render_report_md`); return REPORT.md's path."""
+    runs_csv, out = Path(runs_csv), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = compute_report(runs_csv)
+    for name, text in render_tables(report).items():
+        (out / name).write_text(text, newline="" if name.endswith(".csv") else None)
+    figures = write_figures(report["groups"], report["rows"], runs_csv.parent / "runs", out)
+    path = out / "REPORT.md"
+    path.write_text(render_report_md(report, figures))
+    return path

@@ -2,8 +2,8 @@
 distillation (``distill_model=``, ultralytics 8.4), as rows of a study.
 
 Same data and splits (a YOLO-format view of the study's), image size, epochs, seeds and recipe as the parity check
-(:data:`study.bench.reference_tools.MATCHED_SETTINGS`); the teacher is the study's own YOLO teacher of the seed's pairing
-(:func:`study.runner.teacher_of`), handed to ultralytics as a checkpoint; ``dis`` is ultralytics' default weight
+(:data:`study.ultralytics_trainer.MATCHED_SETTINGS`); the teacher is the study's own YOLO teacher of the seed's pairing
+(:func:`study.plan.teacher_of`), handed to ultralytics as a checkpoint; ``dis`` is ultralytics' default weight
 (6.0) unless the profile's ``yolo.rival.dis`` says otherwise. Each trained student is scored by the study's
 evaluator and written to the study's ``runs.csv`` under backbone ``<model>@ultralytics`` with method ``baseline``
 (its plain trainer) or ``distill_model`` (its distillation), so the report pairs each with its own trainer's
@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 
 from study.cost import measure
+from study.errors import StudyError
 from study.evaluate import evaluate
 from study.groups import RIVAL_SUFFIX
-from study.bench.reference_tools import MATCHED_SETTINGS, ultralytics_train, write_ultralytics_checkpoint
 from study.plan import RunSpec, detector_config, make_run_id, plan_detector, teacher_of
 from study.store import read_runs, upsert_run
+from study.ultralytics_trainer import MATCHED_SETTINGS, ultralytics_train, write_ultralytics_checkpoint
 
 ULTRALYTICS_DIS = 6.0  # ultralytics' default distillation weight (cfg/default.yaml: dis)
 
@@ -50,7 +51,7 @@ def rival_specs(profile: dict, dataset_name: str) -> list[RunSpec]:
 def execute_rival(study, spec: RunSpec) -> dict:
     """Train one rival run with ultralytics' trainer (given the study's teacher as a checkpoint for
     ``distill_model``), score it with the study's evaluator; the results of its ``runs.csv`` row
-    (:meth:`study.runner.Study.execute` calls this for a spec whose ``trainer`` is ``ultralytics``)."""
+    (the run kind ``rival`` of :mod:`study.run_kinds`: a spec whose ``trainer`` is ``ultralytics``)."""
     data, run_dir = study.data(), study.out_dir / "runs" / spec.run_id
     extra = {}
     if spec.method == "distill_model":
@@ -75,7 +76,7 @@ def run_rival(study) -> Path:
     study's worker process, a daemon, cannot)."""
     profile, data = study.profile, study.data()
     if profile["max_train_images"]:
-        raise ValueError("the rival trains on the whole train split (ultralytics reads the dataset itself); "
+        raise StudyError("the rival trains on the whole train split (ultralytics reads the dataset itself); "
                          "max_train_images must be null")
     teachers = [s for s in plan_detector(profile, "yolo", data.name) if s.role == "teacher"]
     study.run(teachers)  # the study's own YOLO teachers (skipped when finished)

@@ -27,6 +27,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from methods.distill import METHODS as DISTILL_METHODS
+from study.errors import StudyError
 from methods.distill.distiller import parse_method
 from study.cost import count_gflops
 from study.plan import RunSpec, detector_config, make_run_id, plan_detector
@@ -185,7 +186,7 @@ def search(profile: dict, method: str, n_trials: int | None, out_dir: Path, stor
     training epochs (a pruned trial counts the epochs it ran), shared by every worker of the study. Trials train the
     student of ``seed`` (default: the profile's first seed) against the first teacher seed's teacher."""
     if (n_trials is None) == (budget_epochs is None):
-        raise ValueError("give exactly one budget: n_trials or budget_epochs")
+        raise StudyError("give exactly one budget: n_trials or budget_epochs")
     parse_method(method) if method != "baseline" else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +194,7 @@ def search(profile: dict, method: str, n_trials: int | None, out_dir: Path, stor
     plan = plan_detector(profile, detector, runner.data().name)
     student = next((s for s in plan if s.role == "student"), None)
     if student is None:
-        raise ValueError(f"profile '{profile['name']}' trains no {detector} student to search for (methods: none)")
+        raise StudyError(f"profile '{profile['name']}' trains no {detector} student to search for (methods: none)")
     teacher_run = runner.ensure_teacher(detector) if method != "baseline" else None
     search_cfg = profile["search"]
     storage = open_storage(storage_url, out_dir, search_cfg["heartbeat_s"], search_cfg["grace_s"])

@@ -12,6 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
+from study.errors import MissingInput, StudyError
+
 COLUMNS = ["run_id", "profile", "dataset", "detector", "backbone", "method", "hparams", "seed", "params",
            "adapter_params", "gflops", "proposals_counted", "size_mb", "cpu_ms", "cpu_ms_iqr", "gpu_ms", "map", "map50",
            "map75", "map_small", "map_medium", "map_large", "per_class_ap", "val_map", "best_epoch", "val_curve",
@@ -42,26 +44,26 @@ REQUIRED = ("run_id", "detector", "backbone", "method", "seed", "status")  # wha
 
 def read_study_rows(path: Path) -> list[dict]:
     """A runs.csv for reports: every row with every column of :data:`COLUMNS` (missing optional ones empty).
-    Raises FileNotFoundError or ValueError with a one-line message naming the file (and line) on a missing file, an
+    Raises :class:`MissingInput` or :class:`StudyError` with a one-line message naming the file (and line) on a missing file, an
     empty one, a missing required column or a row without a run id, seed or status."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such runs file")
+        raise MissingInput(f"{path}: no such runs file")
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)} (a runs.csv needs {', '.join(REQUIRED)})")
+            raise StudyError(f"{path}: missing column(s) {', '.join(missing)} (a runs.csv needs {', '.join(REQUIRED)})")
         rows = []
         for line, row in enumerate(reader, 2):
             bad = [c for c in ("run_id", "seed", "status") if not (row.get(c) or "").strip()]
             if not bad and not row["seed"].strip().lstrip("-").isdigit():
                 bad = ["seed (not an integer)"]
             if bad:
-                raise ValueError(f"{path}: line {line}: empty or bad {', '.join(bad)}")
+                raise StudyError(f"{path}: line {line}: empty or bad {', '.join(bad)}")
             rows.append({c: "" for c in COLUMNS} | {k: v for k, v in row.items() if k is not None})
     if not rows:
-        raise ValueError(f"{path}: no runs in the file")
+        raise StudyError(f"{path}: no runs in the file")
     return rows
 
 
@@ -133,7 +135,7 @@ def reuse_runs(source: Path, out: Path, run_ids: set[str]) -> list[str]:
     row keeps its ``profile`` (the study that trained it). Returns the ids copied."""
     source, out = Path(source), Path(out)
     if not (source / "runs.csv").is_file():
-        raise FileNotFoundError(f"{source / 'runs.csv'}: no runs to reuse")
+        raise MissingInput(f"{source / 'runs.csv'}: no runs to reuse")
     have = {r["run_id"] for r in read_runs(out / "runs.csv") if r["status"] == "ok"}
     rows = [r for r in read_runs(source / "runs.csv")
             if r["status"] == "ok" and r["run_id"] in run_ids and r["run_id"] not in have]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from study.errors import StudyError
 from study.report import write_report
 from study.parallel import worker_count
 from study.plan import TUNED_SUFFIX, detector_config, plan_runs
@@ -54,7 +55,7 @@ def run_tuned(profile: dict, out: Path, data_spec: str | None = None, device: st
     whose finished runs of the profile's plan (its teachers) are copied first (:func:`study.store.reuse_runs`)."""
     cfg, out = profile["tuning"], Path(out)
     if cfg["search_seed"] in profile["seeds"]:
-        raise ValueError(f"tuning.search_seed {cfg['search_seed']} is also a final seed {profile['seeds']}: "
+        raise StudyError(f"tuning.search_seed {cfg['search_seed']} is also a final seed {profile['seeds']}: "
                          "a search seed must never report")
     runner = Study(profile, out, data_spec, device, progress=False, log=log)  # only the teachers: every student row
     runner.reuse(reuse or [], specs=[s for s in plan_runs(profile, runner.data().name) if s.role == "teacher"])

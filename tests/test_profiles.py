@@ -87,3 +87,12 @@ def test_values_no_run_could_use_are_one_line_errors_before_anything_trains(tmp_
     with pytest.raises(ValueError) as err:
         load_profile(str(profile))
     assert str(err.value) == f"{profile}: {message}"
+
+
+@pytest.mark.parametrize("text, message", [("seeds: [0, 1\n", "line 2: not valid YAML"),
+                                           ("- 1\n- 2\n", "a profile is a mapping of keys to values, not list")])
+def test_a_profile_that_is_not_a_mapping_is_one_line(tmp_path, text, message):
+    profile = tmp_path / "p.yaml"
+    profile.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_profile(str(profile))

@@ -194,11 +194,19 @@ def test_tuned_command_equal_budgets_fresh_seeds_and_side_by_side_report(smoke_w
     for b in spent.values():  # the same budget in epochs: reached, and overrun by at most one trial (2 epochs)
         assert 3 <= b["epochs"] <= 3 + 2
     rows = {r["method"]: r for r in read_runs(tmp_path / "runs.csv") if r["detector"] == "faster_rcnn"}
-    # on the smoke data the default (trial 0) stays the best: the tuned row would be the default row, not trained
-    assert spent["hinton"]["default_best"] and spent["hinton"]["best_trial"] == 0
-    assert "hinton@tuned" not in tuning["found"]["faster_rcnn"] and "hinton@tuned" not in rows
+    # which trial wins on the smoke data is noise (it differs between 1 and 2 threads); what must hold either way:
+    # where the default (trial 0) stays the best, no tuned row is trained (it would be the default row again);
+    # where another trial beats it, the tuned row is trained with that trial's settings
+    assert spent["hinton"]["default_best"] == (spent["hinton"]["best_trial"] == 0)
+    if spent["hinton"]["default_best"]:
+        assert "hinton@tuned" not in tuning["found"]["faster_rcnn"] and "hinton@tuned" not in rows
+        assert "the default (trial 0) was the best trial" in report
+    else:
+        assert "hinton@tuned" in tuning["found"]["faster_rcnn"] and "hinton@tuned" in rows
+        assert json.loads(rows["hinton@tuned"]["hparams"])["distill"] == tuning["found"]["faster_rcnn"][
+            "hinton@tuned"]["distill"]
     assert {"baseline", "hinton"} <= set(rows)
-    assert "| faster_rcnn | hinton |" in report and "the default (trial 0) was the best trial" in report
+    assert "| faster_rcnn | hinton |" in report
     shared = tuning["found"]["faster_rcnn"]["baseline"]
     for method in ("baseline", "hinton"):  # every final row trains with the searched shared settings
         hp = json.loads(rows[method]["hparams"])

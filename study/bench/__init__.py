@@ -3,7 +3,7 @@
 - :mod:`study.bench.benchmarks`: ``python -m study bench`` (``nox -s bench``), one function per benchmark.
 - :mod:`study.bench.parity`: ``python -m study parity`` (``nox -s parity``), this project's YOLO trainer against
   ultralytics' own on the same data, seeds and settings.
-- :mod:`study.bench.reference_tools`: the reference tools' own training loops (ultralytics' trainer, torchvision's
-  stock detection loop), used by the two above and by the ultralytics rival rows (:mod:`study.rival`).
+- :mod:`study.bench.reference_tools`: the reference tools' own training loops (torchvision's stock detection loop;
+  ultralytics' trainer, which the rival rows use too, is the product module :mod:`study.ultralytics_trainer`).
 - :mod:`study.bench.markdown`: ``bench.md`` from ``bench.json``.
 """

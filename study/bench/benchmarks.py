@@ -16,7 +16,7 @@
 - before / after training in channels-last, for each plain teacher and student.
 
 Throughput figures are medians over the measured epochs; nothing here is a test (the tests do not time anything).
-The reference tools' loops are :mod:`study.bench.reference_tools`'s; the tables are written by :mod:`study.bench.markdown`.
+The reference tools' loops are :mod:`study.bench.reference_tools`'s (ultralytics' trainer: :mod:`study.ultralytics_trainer`); the tables are written by :mod:`study.bench.markdown`.
 """
 from __future__ import annotations
 
@@ -319,7 +319,7 @@ def _run_bench(profile: dict, out: Path, work: Path, data_spec: str | None, devi
                                         "theirs_img_s": statistics.median(r["epoch_img_s"][1:]),
                                         "ours_img_s": ours["img_s"]})
     if "yolo" in profile["detectors"]:
-        from study.bench.reference_tools import ultralytics_train
+        from study.ultralytics_trainer import ultralytics_train
         sub = DetectionData(data.name, classes, dict(data.splits, train=subset_samples))
         from detectors.yolo import YOLO_MODELS
         named = [m for m in dict.fromkeys(("yolov8n", pairs["yolo"][0].backbone)) if isinstance(YOLO_MODELS[m][1], str)]

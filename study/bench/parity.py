@@ -1,7 +1,7 @@
 """Parity: a plain YOLO trained by this harness against the same model trained by ultralytics' own trainer.
 
 Same data (the study's splits), image size, epochs, seed, batch and recipe (see
-:data:`study.bench.reference_tools.MATCHED_SETTINGS`), one machine, one after the other. Both trained models are scored
+:data:`study.ultralytics_trainer.MATCHED_SETTINGS`), one machine, one after the other. Both trained models are scored
 by the study's pycocotools evaluator on the study's test split; ultralytics' own validator's mAP on the same
 split is recorded too. Writes ``parity.json`` and ``parity.md`` in ``out``.
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 
 from study.evaluate import evaluate
-from study.bench.reference_tools import MATCHED_SETTINGS, load_ultralytics_detector, ultralytics_train
 from study.plan import plan_runs
 from study.runner import Study, describe_device
 from study.store import read_runs
+from study.ultralytics_trainer import MATCHED_SETTINGS, load_ultralytics_detector, ultralytics_train
 
 
 def parity_profile(profile: dict, model: str, image_size: int, epochs: int, seed: int) -> dict:
