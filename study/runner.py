@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import platform
 import time
 import traceback
@@ -32,6 +33,9 @@ from study.plan import RunSpec, plan_detector, plan_runs
 from study.progress import Progress
 from study.store import append_execution, cell, read_runs, retire_superseded, reuse_runs, upsert_run
 from study.workspace import Workspace, build_model  # noqa: F401 - build_model: imported from here by the bench
+
+
+THREADS = re.compile(r"\((\d+) threads?\)$")  # the thread count at the end of a CPU row's ``device``
 
 
 def describe_device(device: torch.device) -> str:
@@ -208,13 +212,43 @@ class Study:
             from study.cluster import run_on_ray  # Ray is imported only where it is asked for
             outcome = run_on_ray(self, todo, execution, record)
             return outcome["workers"], execution["threads_per_worker"], outcome
-        workers = at_once
-        threads = execution["threads_per_worker"] if workers > 1 else torch.get_num_threads()
+        workers, threads = at_once, self.threads_per_run(execution)
         if workers > 1:
             return workers, threads, run_parallel(self, todo, workers, threads, record)
-        for label, spec in todo:
-            record(self.run_one(spec, label))
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)  # the last run of a parallel study: the thread count its rows had
+        try:
+            for label, spec in todo:
+                record(self.run_one(spec, label))
+        finally:
+            torch.set_num_threads(before)
         return workers, threads, {"retried": []}
+
+    def threads_per_run(self, execution: dict) -> int:
+        """The torch threads each run trains with: ``threads_per_worker`` where runs go to Ray actors or to several
+        worker processes (also for the last runs of such a study, trained here one at a time), else this process's
+        thread count."""
+        if execution.get("executor", "local") == "ray" or worker_count(execution, self.device) > 1:
+            return execution["threads_per_worker"]
+        return torch.get_num_threads()
+
+    def check_threads(self, specs: list[RunSpec], threads: int) -> None:
+        """Refuse to add runs trained on ``threads`` threads to a plan whose finished CPU runs trained on another
+        count: the same run id gives other numbers on another thread count (CPU BatchNorm on channels-last maps and
+        oneDNN's convolution backward reduce in per-thread pieces; docs/decisions.md, "thread count")."""
+        planned = {s.run_id for s in specs}
+        counts = {}
+        for r in read_runs(self.runs_csv):
+            found = THREADS.search(r.get("device") or "")
+            if r["run_id"] in planned and r["status"] == "ok" and (r.get("device") or "").startswith("cpu") and found:
+                counts.setdefault(int(found.group(1)), []).append(r["run_id"])
+        other = {n: ids for n, ids in counts.items() if n != threads}
+        if other:
+            n, ids = next(iter(other.items()))
+            raise StudyError(f"{self.runs_csv}: {len(ids)} finished run(s) of this plan trained on {n} thread(s) "
+                             f"per run (e.g. {ids[0]}) and this execution would train on {threads}: a run's numbers "
+                             "depend on its thread count; resume with the same workers and threads_per_worker, or "
+                             "into another folder")
 
     def run(self, specs: list[RunSpec] | None = None, tuned: dict[str, dict] | None = None,
             time_latency: bool = True) -> Path:
@@ -234,6 +268,8 @@ class Study:
         execution = self.execution()
         started, clock = datetime.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
         at_once = self.runs_at_once(execution, todo)
+        if todo and self.device.type == "cpu":
+            self.check_threads(specs, self.threads_per_run(execution))
         progress = Progress([spec for _, spec in todo], len(specs), len(specs) - len(todo), at_once, self.log)
 
         def record(row: dict) -> None:  # the driver alone writes runs.csv

@@ -42,3 +42,27 @@ def test_a_study_whose_runs_all_fail_exits_non_zero(capsys, tmp_path, monkeypatc
                        "seeds: [0]\nteacher_seeds: [0]\nmethods: [baseline]\nexecution: {workers: 1}\n")
     assert main(["run", "--profile", str(profile), "--out", str(tmp_path / "out"), "--no-progress"]) == 1
     assert "error: every run of the study failed (2)" in capsys.readouterr().err
+
+
+def test_resuming_on_another_thread_count_is_refused(tmp_path, monkeypatch):
+    """A run id gives other numbers on another thread count, so a plan whose finished runs trained on 2 threads
+    is not continued on 1 (and the check reads each row's ``device``)."""
+    import pytest
+
+    from study.defaults import load_profile
+    from study.errors import StudyError
+    from study.runner import Study
+    from study.store import upsert_run
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text("detectors: [faster_rcnn]\nimage_size: 64\nmax_train_images: 4\nmax_eval_images: 2\n"
+                       "seeds: [0, 1]\nteacher_seeds: [0]\nmethods: [baseline]\n"
+                       "execution: {workers: 2, threads_per_worker: 1}\n")
+    study = Study(load_profile(str(profile)), tmp_path / "out", progress=False, log=lambda *_: None)
+    first = study.planned()[0]
+    study.out_dir.mkdir(parents=True)
+    upsert_run(study.runs_csv, study.row_of(first) | {"status": "ok", "device": "cpu: Some CPU (2 threads)"})
+    monkeypatch.setattr(Study, "execute", lambda self, spec: pytest.fail("trained a run"))
+    with pytest.raises(StudyError, match=r"1 finished run\(s\) of this plan trained on 2 thread\(s\) per run .* "
+                                         r"this execution would train on 1"):
+        study.run()
