@@ -57,13 +57,15 @@ def paired_difference(method: Group, baseline: Group, column: str = "map", teach
     return out
 
 
-def adjust_holm(rows: list[dict], key: str, alpha: float = 0.05) -> None:
-    """Holm over the students' comparisons ``row[key]`` of each detector: adds ``p_adj``, the verdict at
-    ``alpha`` after correction and the interval at Holm's step level (``adj_low``/``adj_high``)."""
+def adjust_holm(rows: list[dict], keys: tuple[str, ...] = ("paired", "paired_long", "paired_rival"),
+                alpha: float = 0.05) -> None:
+    """Holm over every student comparison of each detector, whatever it is against (``baseline``,
+    ``baseline-long``, ultralytics' trainer: ``row[key]`` for ``key`` in ``keys``), as one family: adds ``p_adj``,
+    the verdict at ``alpha`` after correction and the interval at Holm's step level (``adj_low``/``adj_high``)."""
     for detector in {r["detector"] for r in rows}:
-        family = {i: r[key]["p"] for i, r in enumerate(rows)
+        family = {(i, key): r[key]["p"] for i, r in enumerate(rows) for key in keys
                   if r["detector"] == detector and r.get(key) and r["role"] == "student"}
-        for i, h in holm(family, alpha).items():
+        for (i, key), h in holm(family, alpha).items():
             p = rows[i][key]
             half = (p["high"] - p["low"]) / 2 * t_quantile(h["level"], p["n"] - 1) / t_quantile(0.95, p["n"] - 1)
             p |= {"p_adj": h["p_adj"], "holm_level": h["level"], "adj_low": p["mean"] - half,
@@ -148,9 +150,7 @@ def table_rows(groups: list[Group], all_rows: list[dict] | None = None) -> list[
             if other is not None and other.ok:
                 row["paired_rival"] = paired_difference(g, other, teachers=teachers)
         rows.append(row)
-    adjust_holm(rows, "paired")
-    adjust_holm(rows, "paired_long")
-    adjust_holm(rows, "paired_rival")
+    adjust_holm(rows)
     return rows
 
 
@@ -387,7 +387,8 @@ def render_report_md(report: dict, figures: list[str]) -> str:
                   "Each distilled run of student seed s (with the teacher seed it was paired with) minus `baseline` "
                   "of seed s: the differences span the teacher seeds, so their spread carries the teacher's variance "
                   "as well as the seed's; the interval is Student's t with n − 1 df. Holm's step-down correction runs "
-                  "over the student rows of one detector (the family size is the number of rows compared); the "
+                  "over every comparison of one detector's student rows, against `baseline`, `baseline-long` and "
+                  "ultralytics' trainer alike (the family size is the number of comparisons); the "
                   "verdict is the corrected one, and the Holm-level interval is the t-interval at the confidence of "
                   "that row's step.",
                   "", against_base]
@@ -400,7 +401,7 @@ def render_report_md(report: dict, figures: list[str]) -> str:
                   "Each distilled row of this project minus ultralytics' `distill_model=` student of the same seed "
                   "(the same teacher, handed to ultralytics as a checkpoint), and this project's `baseline` minus "
                   "ultralytics' plain trainer of the same seed: same data, splits, image size, epochs and recipe, "
-                  "both scored by this project's evaluator. Same pairing and correction (Holm over these rows).", "",
+                  "both scored by this project's evaluator. Same pairing, and the same Holm family.", "",
                   against_rival]
     lines += ["## Convergence", "", "A run whose best validation epoch lies in the last 20% of its epochs may have been "
               "still improving when it stopped; under the cosine schedule, which decays to zero at the last epoch, a "
