@@ -1,7 +1,14 @@
-"""What several test modules share: distillation hyperparameters on single-stage taps and a two-image batch."""
+"""What several test modules share: small Faster R-CNN settings, distillation hyperparameters on single-stage taps,
+a two-image batch, and torch on one thread."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
+
+# a Faster R-CNN small enough for a test: few proposals, few sampled RoIs
+SMALL = dict(rpn_pre_nms_train=50, rpn_post_nms_train=20, rpn_pre_nms_test=20, rpn_post_nms_test=10,
+             box_batch_per_image=16)
 
 # single-stage families: YOLO has neck taps only (p3-p5)
 DENSE_HP = {"hinton": {"weight": 1.0, "temperature": 4.0}, "fitnets": {"weight": 100.0, "taps": ["p3", "p5"]},
@@ -17,3 +24,14 @@ def batch():
     targets = [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0], [40.0, 10.0, 70.0, 50.0]]),
                 "labels": torch.tensor([1, 3])} for _ in range(2)]
     return images, targets
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch on one thread inside the block (the thread count a study's workers train with)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -11,8 +11,7 @@ from methods.prune import prune_backbone
 from methods.quantize import fp16_weights, load_int8, quantize_backbone_int8
 from study.cost import count_gflops, count_params, size_mb
 
-SMALL = dict(rpn_pre_nms_train=50, rpn_post_nms_train=20, rpn_pre_nms_test=20, rpn_post_nms_test=10,
-             box_batch_per_image=16)
+from helpers import SMALL
 
 
 def tiny(backbone="resnet18"):

@@ -10,14 +10,12 @@ from detectors.yolo import build_yolo
 from methods.distill.distiller import Distiller, TeacherCache, parse_method
 from study.cost import count_params
 
-from helpers import DENSE_HP, batch
+from helpers import DENSE_HP, SMALL, batch
 
 HP = {"hinton": {"weight": 1.0, "temperature": 4.0}, "fitnets": {"weight": 100.0, "taps": ["c4", "p3"]},
       "at": {"weight": 1000.0, "p": 2, "taps": ["c3", "c5"]}, "nst": {"weight": 50.0, "taps": ["c3", "p4"]},
       "pkd": {"weight": 6.0, "taps": ["p3", "p4"]}, "cwd": {"weight": 10.0, "tau": 1.0, "taps": ["c5", "p5"]},
       "fgfi": {"weight": 1.0, "psi": 0.5, "taps": ["c3", "p3"]}, "ld": {"weight": 0.25, "temperature": 10.0}}
-SMALL = dict(rpn_pre_nms_train=50, rpn_post_nms_train=20, rpn_pre_nms_test=20, rpn_post_nms_test=10,
-             box_batch_per_image=16)
 
 
 def pair(family="faster_rcnn"):

@@ -9,19 +9,15 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime.quantization")
 
 from detectors.faster_rcnn import build_faster_rcnn  # noqa: E402
+from helpers import SMALL, one_thread  # noqa: E402
 from study.onnx_runtime import (compare, export_onnx, interleaved_ort_latency, onnx_part,  # noqa: E402
                                 quantize_onnx_int8, run, session)
 
-SMALL = dict(rpn_pre_nms_train=50, rpn_post_nms_train=20, rpn_pre_nms_test=20, rpn_post_nms_test=10,
-             box_batch_per_image=16)
-
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def torch_on_one_thread():
+    with one_thread():
+        yield
 
 
 def tiny():

@@ -7,6 +7,13 @@ from study.defaults import PROFILE_DIR, load_profile
 from study.plan import detector_config
 
 
+def written(tmp_path, text: str) -> str:
+    """The path of a profile file ``p.yaml`` holding ``text``."""
+    profile = tmp_path / "p.yaml"
+    profile.write_text(text)
+    return str(profile)
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
 def test_shipped_profiles_load(name):
     assert load_profile(name)["name"] == name
@@ -18,10 +25,8 @@ def test_shipped_profiles_load(name):
                                         ("execution: {workers: 2, thread_per_worker: 1}\n",
                                          "execution.thread_per_worker")])
 def test_unknown_key_at_any_depth_is_named(tmp_path, text, path):
-    profile = tmp_path / "p.yaml"
-    profile.write_text(text)
     with pytest.raises(ValueError, match=f"p.yaml: unknown key '{path}'"):
-        load_profile(str(profile))
+        load_profile(written(tmp_path, text))
 
 
 def test_open_sections_take_their_own_keys(tmp_path):
@@ -82,17 +87,14 @@ def test_bf16_on_cpu_is_in_a_runs_hparams_only_when_true():
     ("faster_rcnn: {sizes: [{student: {backbone: shallow-s, epochs: 0}}]}\n",
      "faster_rcnn.sizes[1].student.epochs must be a whole number >= 1, not 0")])
 def test_values_no_run_could_use_are_one_line_errors_before_anything_trains(tmp_path, text, message):
-    profile = tmp_path / "p.yaml"
-    profile.write_text(text)
+    profile = written(tmp_path, text)
     with pytest.raises(ValueError) as err:
-        load_profile(str(profile))
+        load_profile(profile)
     assert str(err.value) == f"{profile}: {message}"
 
 
 @pytest.mark.parametrize("text, message", [("seeds: [0, 1\n", "line 2: not valid YAML"),
                                            ("- 1\n- 2\n", "a profile is a mapping of keys to values, not list")])
 def test_a_profile_that_is_not_a_mapping_is_one_line(tmp_path, text, message):
-    profile = tmp_path / "p.yaml"
-    profile.write_text(text)
     with pytest.raises(ValueError, match=message):
-        load_profile(str(profile))
+        load_profile(written(tmp_path, text))

@@ -10,17 +10,13 @@ pytest.importorskip("torchao.quantization.pt2e.quantize_pt2e")
 
 from detectors.faster_rcnn import build_faster_rcnn  # noqa: E402
 from methods.quantize_pt2e import lower_x86, quantize_int8_pt2e, quantize_module, split_repeated_calls  # noqa: E402
-
-SMALL = dict(rpn_pre_nms_train=50, rpn_post_nms_train=20, rpn_pre_nms_test=20, rpn_post_nms_test=10,
-             box_batch_per_image=16)
+from helpers import SMALL, one_thread  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def torch_on_one_thread():
+    with one_thread():
+        yield
 
 
 def tiny(backbone="resnet18"):

@@ -9,10 +9,10 @@ from study.data import load_dataset
 from study.images import canvas_size, load_images
 from study.train import TrainingDiverged, train, warmup_cosine
 
+from helpers import SMALL
+
 CFG = {"optimizer": "sgd", "batch_size": 2, "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "warmup_iters": 2,
        "clip_grad_norm": 10.0, "hflip": True, "vflip": True, "val_every": 1}
-SMALL = dict(rpn_pre_nms_train=50, rpn_post_nms_train=20, rpn_pre_nms_test=20, rpn_post_nms_test=10,
-             box_batch_per_image=16)
 
 
 @pytest.fixture
