@@ -4,8 +4,11 @@ from __future__ import annotations
 import json
 import tempfile
 
+import torch
+
 from study.bench.benchmarks import bench_scaling, run_bench
 from study.defaults import load_profile
+from study.train import trains_bf16
 
 
 def test_bench_writes_every_section(tmp_path, monkeypatch):
@@ -31,14 +34,20 @@ def test_bench_writes_every_section(tmp_path, monkeypatch):
         assert min(speeds) > 0, t
     tools = {(r["detector"], r["model"]) for r in saved["reference"]}
     assert ("faster_rcnn", "resnet50") in tools and ("yolo", "yolov8n") in tools
-    assert all(r["theirs_img_s"] > 0 and r["ours_img_s"] > 0 for r in saved["reference"])
+    assert all(r["ours_img_s"] > 0 and (r["theirs_img_s"] is None or r["theirs_img_s"] > 0) for r in saved["reference"])
+    # every ratio compares the loops at one precision: torchvision's loop fp32 and bf16, ultralytics' fp32 only
+    precisions = {(r["detector"], r["model"], r["precision"]) for r in saved["reference"] if r["theirs_img_s"]}
+    bf16 = trains_bf16(torch.device("cpu"), {"bf16_on_cpu": True})
+    assert {("faster_rcnn", "resnet50", p) for p in (("fp32", "bf16") if bf16 else ("fp32",))} <= precisions
+    assert not any(d == "yolo" and p == "bf16" for d, _, p in precisions)
     assert len(saved["eval"]) == len(saved["latency_ms"]) == 2 * len(profile["detectors"])
     layout = [t for t in saved["training"] if t["method"] in ("plain", "baseline")]
     assert layout and all(t["img_s_nchw"] > 0 for t in layout)  # before / after channels-last
     text = (out / "bench.md").read_text()
-    ours = "bf16 autocast" if profile["train"]["bf16_on_cpu"] else "fp32"  # the reference loops run fp32
     assert "faster_rcnn" in saved["default_study"]  # the committed results/default, found from the package
-    assert saved["precision"] == {"ours": ours, "theirs": "fp32"} and f"Precision: ours {ours}, theirs fp32" in text
+    assert saved["training_precision"] == ("bf16 autocast" if profile["train"]["bf16_on_cpu"] else "fp32")
+    assert "| faster_rcnn | resnet50 | fp32 | torchvision stock loop" in text
+    assert ("bf16's own gain in this project's loop" in text) == bf16
     for heading in ("## Data pipeline", "## Training throughput", "## Against the tools", "## Evaluation and latency",
                     "Training memory layout"):
         assert heading in text

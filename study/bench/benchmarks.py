@@ -229,9 +229,8 @@ def _run_bench(profile: dict, out: Path, work: Path, data_spec: str | None, devi
               "versions": {"python": platform.python_version(), "torch": torch.__version__,
                            "ultralytics": __import__("ultralytics").__version__},
               "dataset": data.name, "image_size": profile["image_size"], "settings": settings,
-              # the reference loops here run fp32 (torchvision's loop without autocast, ultralytics with amp=False)
-              "precision": {"ours": "bf16 autocast" if trains_bf16(study.device, profile["train"]) else "fp32",
-                            "theirs": "fp32"}}
+              # the precision of the training tables (the profile's); the reference rows carry their own
+              "training_precision": "bf16 autocast" if trains_bf16(study.device, profile["train"]) else "fp32"}
     log("bench: data pipeline")
     report["data"] = bench_data(study, settings["train_images"], profile["train"]["batch_size"])
 
@@ -304,39 +303,47 @@ def _run_bench(profile: dict, out: Path, work: Path, data_spec: str | None, devi
                 entry[f"img_s_cache_{cache}"] = statistics.median(r["epoch_img_s"])
             report["training"].append(entry)
 
-    log("bench: reference tools")
+    log("bench: reference tools, at equal precision")
     report["reference"] = []
     subset_samples = data.splits["train"][:settings["train_images"]]
+    bf16_here = trains_bf16(study.device, {"bf16_on_cpu": True})  # bf16 kernels on this machine's device
+
+    def ours_at(spec: RunSpec, precision: str) -> float:
+        r = bench_train(study, spec, None, train_set, val_set, settings["epochs"],
+                        work / "reference" / f"{spec.detector}-{spec.backbone}-{precision}", "plain",
+                        bf16_on_cpu=precision == "bf16")
+        return statistics.median(r["epoch_img_s"])
+
     if "faster_rcnn" in profile["detectors"]:
-        for role, spec in zip(("teacher", "student"), pairs["faster_rcnn"]):
-            r = torchvision_stock_train(build_model(spec, len(classes)), subset_samples, profile["image_size"],
-                                        spec.hparams["train"], settings["reference_epochs"], study.device,
-                                        workers=min(2, torch.get_num_threads()))
-            ours = next(t for t in report["training"] if t["detector"] == "faster_rcnn" and t["role"] == role
-                        and t["method"] in ("plain", "baseline"))
-            report["reference"].append({"detector": "faster_rcnn", "model": spec.backbone,
-                                        "tool": "torchvision stock loop (DataLoader, 2 workers)",
-                                        "theirs_img_s": statistics.median(r["epoch_img_s"][1:]),
-                                        "ours_img_s": ours["img_s"]})
+        for spec in pairs["faster_rcnn"]:
+            for precision in ("fp32", "bf16") if bf16_here else ("fp32",):
+                r = torchvision_stock_train(build_model(spec, len(classes)), subset_samples, profile["image_size"],
+                                            spec.hparams["train"], settings["reference_epochs"], study.device,
+                                            workers=min(2, torch.get_num_threads()), bf16=precision == "bf16")
+                report["reference"].append({"detector": "faster_rcnn", "model": spec.backbone, "precision": precision,
+                                            "tool": "torchvision stock loop (DataLoader, 2 workers)",
+                                            "theirs_img_s": statistics.median(r["epoch_img_s"][1:]),
+                                            "ours_img_s": ours_at(spec, precision)})
     if "yolo" in profile["detectors"]:
         from study.ultralytics_trainer import ultralytics_train
         sub = DetectionData(data.name, classes, dict(data.splits, train=subset_samples))
         from detectors.yolo import YOLO_MODELS
         named = [m for m in dict.fromkeys(("yolov8n", pairs["yolo"][0].backbone)) if isinstance(YOLO_MODELS[m][1], str)]
-        for model_name in named:  # ultralytics' trainer builds its own named scales only
+        for model_name in named:  # ultralytics' trainer builds its own named scales only; fp32 on a CPU (no AMP)
             spec = copy.deepcopy(pairs["yolo"][0])
             spec.hparams["role"] = dict(spec.hparams["role"], model=model_name)
             spec.backbone = model_name
-            ours = bench_train(study, spec, None, train_set, val_set, settings["epochs"], work / "ours" / model_name,
-                               "plain")
             theirs = ultralytics_train(sub, model_name, profile["image_size"], settings["reference_epochs"], 0,
                                        spec.hparams["train"]["batch_size"], work / "ultralytics" / model_name,
                                        validate=False, device=str(study.device))
-            report["reference"].append({"detector": "yolo", "model": model_name,
+            report["reference"].append({"detector": "yolo", "model": model_name, "precision": "fp32",
                                         "tool": f"ultralytics trainer ({theirs['torch_threads']} torch thread(s), "
                                                 f"{theirs['dataloader_workers']} workers)",
-                                        "theirs_img_s": theirs["img_s"],
-                                        "ours_img_s": statistics.median(ours["epoch_img_s"])})
+                                        "theirs_img_s": theirs["img_s"], "ours_img_s": ours_at(spec, "fp32")})
+            if bf16_here:  # bf16's own gain in our loop, where the reference has no bf16 to compare with
+                report["reference"].append({"detector": "yolo", "model": model_name, "precision": "bf16",
+                                            "tool": "– (ultralytics trains fp32 on a CPU)", "theirs_img_s": None,
+                                            "ours_img_s": ours_at(spec, "bf16")})
 
     report["scaling"] = []
     if settings["scaling_base"]:

@@ -41,9 +41,10 @@ def _collate(batch):
 
 
 def torchvision_stock_train(model: torch.nn.Module, samples, image_size: int, cfg: dict, epochs: int,
-                            device: torch.device, workers: int) -> dict:
+                            device: torch.device, workers: int, bf16: bool = False) -> dict:
     """Images/s per epoch of torchvision's references/detection ``train_one_epoch`` pattern: a DataLoader with
-    ``workers`` processes, SGD, warm-up, ``loss.item()`` every step (its logger), gradient clipping as ours."""
+    ``workers`` processes, SGD, warm-up, ``loss.item()`` every step (its logger), gradient clipping as ours; with
+    ``bf16`` its forward runs under bf16 autocast (as its ``--amp`` does on a GPU)."""
     model.to(device).train()
     loader = torch.utils.data.DataLoader(DiskDataset(samples, image_size, cfg["hflip"], cfg["vflip"]),
                                          batch_size=cfg["batch_size"], shuffle=True, num_workers=workers,
@@ -57,7 +58,8 @@ def torchvision_stock_train(model: torch.nn.Module, samples, image_size: int, cf
         for images, targets in loader:
             images = [im.to(device) for im in images]
             targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            losses = model(images, targets)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                losses = model(images, targets)
             loss = sum(losses.values())
             if not math.isfinite(loss.item()):
                 raise RuntimeError("non-finite loss")
