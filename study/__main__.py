@@ -13,7 +13,8 @@ def write_frontier_of(study, runs_csv: Path, out: Path) -> Path:
     """FRONTIER.md for a study's runs.csv, with the test-image bootstrap against its test split."""
     from study.frontier_report import write_frontier
     cfg = study.profile["report"]
-    return write_frontier(runs_csv, out, study.test_ground_truth(), cfg["bootstrap"], cfg["bootstrap_seed"])
+    return write_frontier(runs_csv, out, study.test_ground_truth(), cfg["bootstrap"], cfg["bootstrap_seed"],
+                          planned=len(study.planned()))
 
 
 def profile_of(name_or_path: str) -> dict:

@@ -36,6 +36,8 @@ CLASSIC = ("fitnets", "at", "nst")
 
 def method_class(method: str, role: str) -> str:
     """The line of the frontier a group belongs to."""
+    if method == "self-teacher":
+        return "self-teacher"
     if role == "teacher":
         return "teacher"
     if method.startswith("prune"):

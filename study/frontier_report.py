@@ -200,9 +200,11 @@ def dose_figure(dose: dict, out: Path, stem: str, title: str) -> str:
     return _save(fig, out, stem)
 
 
-def write_frontier(runs_csv: Path, out: Path, gt=None, n_boot: int = 1000, seed: int = 0) -> Path:
+def write_frontier(runs_csv: Path, out: Path, gt=None, n_boot: int = 1000, seed: int = 0,
+                   planned: int | None = None) -> Path:
     """FRONTIER.md and the frontier figures for ``runs_csv`` into ``out``; ``gt`` (the test split's COCO ground
-    truth) enables the test-image bootstrap from the kept detections."""
+    truth) enables the test-image bootstrap from the kept detections; ``planned``, the study's number of runs, marks
+    a study still running."""
     runs_csv, out = Path(runs_csv), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = read_study_rows(runs_csv)
@@ -213,7 +215,10 @@ def write_frontier(runs_csv: Path, out: Path, gt=None, n_boot: int = 1000, seed:
                if (f := frontier_figure(points, column, xlabel, out, f"frontier_{stem}"))]
     if forest := forest_figure(points, out):
         figures.append(forest)
-    lines = ["# The compute frontier", "",
+    finished = sum(r["status"] == "ok" for r in rows)
+    partial = ([f"**Partial: {finished} of the {planned} planned runs have finished; the study is still running, and "
+                "every number below is provisional.**", ""] if planned and finished < planned else [])
+    lines = ["# The compute frontier", "", *partial,
              f"- {len(rows)} runs, {len(points)} budget points; test mAP is COCO mAP@[.5:.95] on the test split.",
              "- Intervals: 95% Student-t over the runs of a row (or over its paired cells for a difference), and a "
              f"two-level bootstrap over runs and test images ({n_boot} resamples, seed {seed}; {booted} runs had "

@@ -98,3 +98,16 @@ def test_values_no_run_could_use_are_one_line_errors_before_anything_trains(tmp_
 def test_a_profile_that_is_not_a_mapping_is_one_line(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):
         load_profile(written(tmp_path, text))
+
+
+def test_every_committed_frontier_row_is_one_the_profile_still_plans():
+    """The frontier runs over several sessions: a change of the code or the profile that changed its run ids would
+    orphan the committed rows and train them again."""
+    import csv
+
+    from study.defaults import PROJECT_ROOT
+    from study.plan import plan_runs
+    with open(PROJECT_ROOT / "results" / "frontier" / "runs.csv", newline="") as f:
+        committed = {row["run_id"] for row in csv.DictReader(f)}
+    planned = {s.run_id for s in plan_runs(load_profile("frontier"), "bccd")}
+    assert committed and committed <= planned, sorted(committed - planned)[:3]
