@@ -58,10 +58,10 @@ class Study:
         self.log = log
         self.workers = workers  # None: the profile's ``execution`` settings decide
         resolved = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if resolved.type == "cuda" and not torch.cuda.is_available():  # before the workspace touches the folder
+            raise StudyError(f"--device {device}: this machine has no CUDA GPU that torch can use (use cpu)")
         self.workspace = Workspace(profile, out_dir, data_spec or profile["data"], resolved,
                                    log=lambda line: self.log(line))  # (a worker sets its log after starting)
-        if resolved.type == "cuda" and not torch.cuda.is_available():
-            raise StudyError(f"--device {device}: this machine has no CUDA GPU that torch can use (use cpu)")
 
     # -------------------------------------------------------------- the workspace's, read through
     @property
