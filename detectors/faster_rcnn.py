@@ -93,8 +93,10 @@ def build_faster_rcnn(backbone: str, num_classes: int, fpn_channels: int = 128, 
 
 
 # ---------------------------------------------------------------- what the family exposes (see detectors/__init__)
+# the FPN levels are read from the backbone's output (the FPN's, unchanged), so that they are still there when the
+# backbone is one int8 or fake-quantized graph (methods.quantize_pt2e: QAT with distillation)
 TORCHVISION_TAPS = {**{name: {"module": "backbone.body", "stride": 2 ** (i + 3)} for i, name in enumerate(BACKBONE_TAPS)},
-                    **{name: {"module": "backbone.fpn", "stride": 2 ** (i + 3)} for i, name in enumerate(FPN_TAPS)}}
+                    **{name: {"module": "backbone", "stride": 2 ** (i + 3)} for i, name in enumerate(FPN_TAPS)}}
 
 
 def torchvision_tap_channels(model: nn.Module) -> dict[str, int]:

@@ -74,22 +74,23 @@ def split_repeated_calls(gm: torch.fx.GraphModule) -> int:
     return marked
 
 
-def _quantizer(reduce_range: bool, float_modules: tuple[str, ...] = ()):
+def _quantizer(reduce_range: bool, float_modules: tuple[str, ...] = (), qat: bool = False):
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer, get_default_x86_inductor_quantization_config)
 
     quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(
-        reduce_range=reduce_range))
+        is_qat=qat, reduce_range=reduce_range))
     for name in float_modules:
         quantizer.set_module_name_qconfig(name, None)
     return quantizer
 
 
 def export_module(module: torch.nn.Module, example: torch.Tensor, strict: bool = False,
-                  dynamic_batch: bool = True) -> torch.fx.GraphModule:
-    """``torch.export`` of ``module`` on ``example`` (eval mode), as a GraphModule ready for ``prepare_pt2e``
-    (repeated module calls split in non-strict mode). With ``dynamic_batch`` the batch size is free."""
-    module = module.eval()
+                  dynamic_batch: bool = True, train: bool = False) -> torch.fx.GraphModule:
+    """``torch.export`` of ``module`` on ``example`` (eval mode, or train mode for QAT), as a GraphModule ready for
+    ``prepare_pt2e`` (repeated module calls split in non-strict mode). With ``dynamic_batch`` the batch size is
+    free."""
+    module = module.train(train)
     dynamic_shapes = None
     if dynamic_batch:
         if example.shape[0] < 2:  # a batch of 1 would be specialised
@@ -118,7 +119,43 @@ def quantize_module(module: torch.nn.Module, batches: list[torch.Tensor], strict
         for batch in batches:
             prepared(batch)
     # .eval() / .train() (called by the study on whole detectors) are refused on exported graphs unless allowed
-    return allow_exported_model_train_eval(convert_pt2e(prepared))
+    return allow_exported_model_train_eval(drop_unused_attributes(convert_pt2e(prepared)))
+
+
+def drop_unused_attributes(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Delete the parameters and buffers no node of ``gm``'s graph reads (``convert_pt2e`` keeps the float weights
+    beside the int8 constants it folded them into), so that the saved model holds int8 weights only."""
+    read = {node.target for node in gm.graph.nodes if node.op == "get_attr"}
+    for name in [n for n, _ in list(gm.named_parameters()) + list(gm.named_buffers())]:
+        if name not in read and not any(name.startswith(r + ".") for r in read):
+            parent, _, attr = name.rpartition(".")
+            owner = gm.get_submodule(parent) if parent else gm
+            owner._parameters.pop(attr, None)
+            owner._buffers.pop(attr, None)
+    return gm
+
+
+def prepare_qat_module(module: torch.nn.Module, example: torch.Tensor, strict: bool = False,
+                       reduce_range: bool = False) -> torch.fx.GraphModule:
+    """``module`` exported in train mode and prepared for quantization-aware training (``prepare_qat_pt2e`` with
+    ``X86InductorQuantizer``'s QAT config): fake-quantized activations and weights, BatchNorm simulated as folded
+    into each convolution (statistics still updated). Train it as a module (``.train()``/``.eval()`` switch its
+    BatchNorm), then :func:`convert_qat_module`. Observers start calibrating on the first training batches."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    gm = export_module(copy.deepcopy(module), example, strict=strict, train=True)
+    return allow_exported_model_train_eval(prepare_qat_pt2e(gm, _quantizer(reduce_range, qat=True)))
+
+
+def convert_qat_module(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """The int8 graph of a QAT-prepared module (:func:`prepare_qat_module`) after its training: BatchNorm folded,
+    fake quantization replaced by quantize/dequantize pairs around int8 weights (as :func:`quantize_module`)."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval, move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    move_exported_model_to_eval(prepared)
+    return allow_exported_model_train_eval(drop_unused_attributes(convert_pt2e(prepared)))
 
 
 def lower_x86(converted: torch.fx.GraphModule, example: torch.Tensor) -> torch.fx.GraphModule:
@@ -129,6 +166,22 @@ def lower_x86(converted: torch.fx.GraphModule, example: torch.Tensor) -> torch.f
 
     with torch.no_grad():
         return lower_pt2e_quantized_to_x86(converted, (example,))
+
+
+def lowered(qmodel: torch.nn.Module, image: torch.Tensor) -> torch.nn.Module:
+    """A copy of a model made here whose int8 graph is lowered to oneDNN int8 kernels (:func:`lower_x86`) for one
+    (3, H, W) image at a time: the fast eager-mode form of the same int8 model, for timing."""
+    qmodel = copy.deepcopy(qmodel).cpu().eval()
+    name, graph = quantized_part(qmodel)
+    example = _batches(qmodel, image[None], 1)[0]
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    fast = allow_exported_model_train_eval(lower_x86(graph, example))
+    parent, _, attr = name.rpartition(".")
+    for key in ("body_channels", "out_channels"):
+        if hasattr(graph, key):
+            setattr(fast, key, getattr(graph, key))
+    setattr(module_at(qmodel, parent) if parent else qmodel, attr, fast)
+    return qmodel
 
 
 def quantizable_part(model: torch.nn.Module) -> tuple[str, torch.nn.Module]:
@@ -150,27 +203,121 @@ def _batches(model: torch.nn.Module, images: torch.Tensor, batch_size: int) -> l
     return [transform(list(chunk))[0].tensors for chunk in chunks]
 
 
+class Int8YOLOModel(torch.nn.Module):
+    """An int8 trunk followed by the float Detect head; ``model[-1]`` is the head, as in ultralytics' models (what
+    its loss and the distiller read)."""
+
+    def __init__(self, trunk: torch.nn.Module, detect: torch.nn.Module):
+        super().__init__()
+        self.trunk = trunk
+        self.model = torch.nn.ModuleList([detect])
+
+    def forward(self, x):
+        return self.model[-1](self.trunk(x))
+
+
+def _with_part(qmodel: torch.nn.Module, name: str, part: torch.nn.Module | None, graph: torch.nn.Module
+               ) -> torch.nn.Module:
+    """``qmodel`` (a copy) with ``graph`` in place of its quantizable part ``name`` (YOLO: a detector over an
+    :class:`methods.quantize.Int8YOLOModel` of the graph and the float Detect head)."""
+    if family_of(qmodel) == "yolo":
+        from detectors.yolo import YOLODetector
+        return YOLODetector(Int8YOLOModel(graph, qmodel.detect), qmodel.hyp)
+    for attr in ("body_channels", "out_channels"):  # what the family's tap_channels and heads read
+        source = part if part is not None else module_at(qmodel, name)
+        if hasattr(source, attr):
+            setattr(graph, attr, getattr(source, attr))
+    parent, _, attr = name.rpartition(".")
+    setattr(module_at(qmodel, parent) if parent else qmodel, attr, graph)
+    return qmodel
+
+
+def _parts(family: str, name: str) -> dict:
+    if family == "yolo":
+        return {"int8_parts": "backbone + neck", "float_parts": "Detect head; SiLU in float"}
+    heads = "RPN and RoI heads" if family == "faster_rcnn" else "dense heads"
+    return {"int8_parts": f"{name} (body + FPN)", "float_parts": heads}
+
+
 def quantize_int8_pt2e(model: torch.nn.Module, calibration_images: torch.Tensor, strict: bool = False,
                        batch_size: int = 8, reduce_range: bool = False) -> tuple[torch.nn.Module, dict]:
     """A CPU copy of ``model`` whose quantizable part (:func:`quantizable_part`) is a PT2E int8 graph, calibrated
     on ``calibration_images`` ((N, 3, H, W) in 0..1; their height and width are the only ones the graph runs).
     Returns (model, details). The graph is the converted reference graph (eager, float speed); :func:`lower_x86`
-    or ``torch.compile`` makes it fast."""
-    family = family_of(model)
+    or ``torch.compile`` makes it fast, and ONNX Runtime runs its export as int8 (:mod:`study.onnx_runtime`)."""
     qmodel = copy.deepcopy(model).cpu().eval()
     name, part = quantizable_part(qmodel)
     graph = quantize_module(part, _batches(qmodel, calibration_images, batch_size), strict, reduce_range)
     info = {"quant_path": QUANT_PATH, "export": "strict" if strict else "non-strict",
             "calibration_images": len(calibration_images), "reduce_range": reduce_range}
-    if family == "yolo":
-        from detectors.yolo import YOLODetector
-        from methods.quantize import Int8YOLOModel
-        qmodel = YOLODetector(Int8YOLOModel(graph, qmodel.detect), qmodel.hyp).eval()
-        return qmodel, info | {"int8_parts": "backbone + neck", "float_parts": "Detect head; SiLU in float"}
-    for attr in ("body_channels", "out_channels"):  # what the family's tap_channels and heads read
-        if hasattr(part, attr):
-            setattr(graph, attr, getattr(part, attr))
-    parent, _, attr = name.rpartition(".")
-    setattr(module_at(qmodel, parent) if parent else qmodel, attr, graph)
-    heads = "RPN and RoI heads" if family == "faster_rcnn" else "dense heads"
-    return qmodel, info | {"int8_parts": f"{name} (body + FPN)", "float_parts": heads}
+    return _with_part(qmodel, name, part, graph).eval(), info | _parts(family_of(model), name)
+
+
+def prepare_qat(model: torch.nn.Module, example_images: torch.Tensor, reduce_range: bool = False
+                ) -> tuple[torch.nn.Module, dict]:
+    """A copy of ``model`` (on its device) whose quantizable part is a QAT-prepared graph
+    (:func:`prepare_qat_module`, exported on ``example_images``, (N, 3, H, W) in 0..1 at the canvas size): train it
+    like the float model (its heads stay float and train too), then :func:`convert_qat`."""
+    device = next(model.parameters()).device
+    qmodel = copy.deepcopy(model).cpu().train()
+    name, part = quantizable_part(qmodel)
+    example = _batches(qmodel.eval(), example_images, len(example_images))[0]
+    graph = prepare_qat_module(part, example, reduce_range=reduce_range)
+    info = {"quant_path": QUANT_PATH.replace("static", "quantization-aware training"), "export": "non-strict",
+            "reduce_range": reduce_range}
+    return _with_part(qmodel, name, part, graph).to(device).train(), info | _parts(family_of(model), name)
+
+
+def convert_qat(qmodel: torch.nn.Module) -> torch.nn.Module:
+    """A CPU copy of a trained :func:`prepare_qat` model with its part converted to int8 (:func:`convert_qat_module`)."""
+    qmodel = copy.deepcopy(qmodel).cpu().eval()
+    name, part = quantized_part(qmodel)
+    return _with_part(qmodel, name, part, convert_qat_module(part)).eval()
+
+
+def quantized_part(qmodel: torch.nn.Module) -> tuple[str, torch.fx.GraphModule]:
+    """(path, graph) of the PT2E graph in a model made here (:func:`quantize_int8_pt2e`, :func:`prepare_qat`)."""
+    if family_of(qmodel) == "yolo":
+        return "model.trunk", qmodel.model.trunk
+    path = declaration(qmodel)["input"]
+    return path, module_at(qmodel, path)
+
+
+PART_FILE, REST_FILE = "int8_part.pt2", "float_rest.pt"
+
+
+def save_int8(qmodel: torch.nn.Module, folder, example_images: torch.Tensor) -> list:
+    """Save a PT2E int8 model in ``folder``: its int8 graph as a ``torch.export`` program (``int8_part.pt2``, any
+    batch size) and the float rest as a state dict (``float_rest.pt``). Returns the two paths (their sizes are the
+    model's size on disk); :func:`load_int8` reads them back."""
+    from pathlib import Path
+    folder = Path(folder)
+    name, graph = quantized_part(qmodel)
+    example = _batches(qmodel, example_images[:2], 2)[0]
+    program = torch.export.export(graph, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
+                                  strict=False)
+    program.example_inputs = None  # not part of the model (they would be saved with it)
+    torch.export.save(program, folder / PART_FILE)
+    rest = {k: v for k, v in qmodel.state_dict().items() if not k.startswith(name + ".")}
+    torch.save(rest, folder / REST_FILE)
+    return [folder / PART_FILE, folder / REST_FILE]
+
+
+def load_int8(float_model: torch.nn.Module, folder) -> torch.nn.Module:
+    """The int8 model saved by :func:`save_int8` in ``folder``, over ``float_model`` (the same architecture, any
+    weights: its float parts are loaded from the folder)."""
+    from pathlib import Path
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    folder = Path(folder)
+    graph = allow_exported_model_train_eval(torch.export.load(folder / PART_FILE).module())
+    # the saved program has no example inputs, hence no guard function; its shape check in Python instead would
+    # stop the ONNX exporter's tracing (it reads symbolic sizes), and the detector feeds it the canvas anyway
+    graph.validate_inputs = False
+    qmodel = copy.deepcopy(float_model).cpu().eval()
+    name, part = quantizable_part(qmodel)
+    qmodel = _with_part(qmodel, name, part, graph)
+    missing, unexpected = qmodel.load_state_dict(torch.load(folder / REST_FILE, map_location="cpu"), strict=False)
+    if unexpected or any(not k.startswith(quantized_part(qmodel)[0] + ".") for k in missing):
+        raise ValueError(f"{folder / REST_FILE}: does not fit the model (missing {missing[:3]}, unexpected "
+                         f"{unexpected[:3]})")
+    return qmodel.eval()

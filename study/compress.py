@@ -1,4 +1,5 @@
-"""The compression pipeline: a finished teacher pruned (and fine-tuned), quantized to int8, or stored in fp16.
+"""The compression pipeline: a finished model pruned (and fine-tuned), quantized to int8 (post-training, or by
+quantization-aware training, plain or distilled from the float model), or stored in fp16.
 
 Each method is one function returning what it made (:class:`Compressed`); :func:`execute_compression` evaluates and
 measures it the same way for all three. Seeded before anything is drawn (calibration and pruning; fine-tuning
@@ -13,7 +14,8 @@ from pathlib import Path
 import torch
 
 from methods.prune import prune_backbone
-from methods.quantize import fp16_weights, quantize_int8, upcast
+from methods.quantize import fp16_weights, upcast
+from methods.quantize_pt2e import convert_qat, prepare_qat, quantize_int8_pt2e, save_int8
 from study.cost import count_params, measure
 from study.evaluate import evaluate
 from study.train import seed_everything
@@ -50,7 +52,11 @@ def prune(study, spec, model: torch.nn.Module, run_dir: Path, image: torch.Tenso
         torch.manual_seed(spec.seed + k - 1)  # the random criterion
         step = prune_backbone(model, image, cfg["criterion"], reduction, cfg.get("channel_ratio"), cfg["global"],
                               loss_fn=loss_fn, round_to=cfg.get("round_to"))
-        step["map_before_finetune"] = evaluate(model.to(study.device), test_set, classes, study.device)["map"]
+        if study.val_only:  # a design pilot never touches the test split
+            step["val_map_before_finetune"] = evaluate(model.to(study.device), study.image_set("val"), classes,
+                                                       study.device)["map"]
+        else:
+            step["map_before_finetune"] = evaluate(model.to(study.device), test_set, classes, study.device)["map"]
         epochs = max(1, cfg["finetune_epochs"] // steps + (k <= cfg["finetune_epochs"] % steps))
         model, results["adapter_params"], result = study.train_run(spec, run_dir, model=model, epochs=epochs,
                                                                    train_cfg=finetune)
@@ -59,18 +65,50 @@ def prune(study, spec, model: torch.nn.Module, run_dir: Path, image: torch.Tenso
     details = per_step[0] if steps == 1 else {
         "steps": per_step, "gflops_before": per_step[0]["gflops_before"],
         "gflops_after": per_step[-1]["gflops_after"], "params_before": per_step[0]["params_before"],
-        "params_after": per_step[-1]["params_after"], "map_before_finetune": per_step[0]["map_before_finetune"]}
+        "params_after": per_step[-1]["params_after"],
+        "map_before_finetune": per_step[0].get("map_before_finetune")}
     results |= {"val_map": result["best_val_map"], "best_epoch": result["best_epoch"], "train_s": train_s}
     torch.save(model, run_dir / "model.pt")  # the pruned architecture with its weights
     return Compressed(model, details, run_dir / "best.pt", results=results)
 
 
+def _calibration(study, spec) -> torch.Tensor:
+    return study.image_set("train").images[:spec.hparams["compress"]["calibration_images"]].float().div(255)
+
+
+def _int8_made(qmodel: torch.nn.Module, details: dict, run_dir: Path, calibration: torch.Tensor, source,
+               results: dict | None = None) -> Compressed:
+    """An int8 model saved in ``run_dir`` (:func:`methods.quantize_pt2e.save_int8`), its size the saved files'."""
+    files = save_int8(qmodel, run_dir, calibration)
+    size = sum(f.stat().st_size for f in files) / 1e6
+    return Compressed(qmodel, details, None, device=torch.device("cpu"), flops_model=source,
+                      results=(results or {}) | {"size_mb": size})
+
+
 def int8(study, spec, model: torch.nn.Module, run_dir: Path, image: torch.Tensor) -> Compressed:
-    """Post-training static int8 of the backbone (+ FPN or neck), calibrated on training images; CPU kernels."""
+    """Post-training static int8 (torchao PT2E) of the backbone (+ FPN or neck), calibrated on training images;
+    evaluated as the converted graph on the CPU."""
+    calibration = _calibration(study, spec)
+    qmodel, details = quantize_int8_pt2e(model, calibration,
+                                         reduce_range=spec.hparams["compress"].get("reduce_range", False))
+    return _int8_made(qmodel, details, run_dir, calibration, model)
+
+
+def int8_qat(study, spec, model: torch.nn.Module, run_dir: Path, image: torch.Tensor) -> Compressed:
+    """Quantization-aware training (torchao PT2E): the backbone (+ FPN or neck) fake-quantized, the whole detector
+    fine-tuned ``finetune_epochs`` at ``finetune_lr`` (fp32 steps: no bf16 autocast, contiguous layout), distilled
+    from its teacher run where the spec has ``distill`` (``int8-qat+kd``: the float model itself), then converted.
+    The best validation epoch of the fake-quantized model is the one converted."""
     cfg = spec.hparams["compress"]
-    calibration = study.image_set("train").images[:cfg["calibration_images"]].float().div(255)
-    qmodel, details = quantize_int8(model, calibration, cfg["per_channel"], cfg.get("reduce_range", False))
-    return Compressed(qmodel, details, run_dir / "best.pt", device=torch.device("cpu"), flops_model=model)
+    calibration = _calibration(study, spec)
+    qat_model, details = prepare_qat(model.to(study.device), calibration[:spec.hparams["train"]["batch_size"]],
+                                     reduce_range=cfg.get("reduce_range", False))
+    finetune = dict(spec.hparams["train"], lr=cfg["finetune_lr"], bf16_on_cpu=False, channels_last=False)
+    qat_model, adapter_params, result = study.train_run(spec, run_dir, model=qat_model,
+                                                        epochs=cfg["finetune_epochs"], train_cfg=finetune)
+    results = {"adapter_params": adapter_params, "val_map": result["best_val_map"],
+               "best_epoch": result["best_epoch"], "train_s": result["train_s"]}
+    return _int8_made(convert_qat(qat_model), details, run_dir, calibration, model, results)
 
 
 def fp16(study, spec, model: torch.nn.Module, run_dir: Path, image: torch.Tensor) -> Compressed:
@@ -81,7 +119,14 @@ def fp16(study, spec, model: torch.nn.Module, run_dir: Path, image: torch.Tensor
     return Compressed(upcast(half), details, None, results={"size_mb": (run_dir / "best.pt").stat().st_size / 1e6})
 
 
-METHODS = {"prune": prune, "int8": int8, "fp16": fp16}  # prune+kd and prune-iterative are prunes
+METHODS = {"prune": prune, "int8": int8, "int8-qat": int8_qat, "fp16": fp16}
+
+
+def method_of(name: str) -> str:
+    """The :data:`METHODS` key of a compression row: ``prune-50+kd`` and ``prune-iterative`` are prunes,
+    ``int8-qat+kd`` is ``int8-qat`` with distillation."""
+    base = name.split("+")[0]
+    return "prune" if base.startswith("prune") else base
 
 
 def execute_compression(study, spec) -> dict:
@@ -92,8 +137,15 @@ def execute_compression(study, spec) -> dict:
     seed_everything(spec.seed)
     test_set = study.image_set("test")
     image = test_set.images[0].float().div(255)
-    made = METHODS[spec.method.split("+")[0].split("-")[0]](study, spec, model, run_dir, image)
+    made = METHODS[method_of(spec.method)](study, spec, model, run_dir, image)
     device = made.device or study.device
+    if study.val_only:  # a design pilot: the validation split only (a fine-tuned model's best epoch's)
+        val_map = made.results.get("val_map")
+        if val_map is None:
+            val_map = evaluate(made.model.to(device), study.image_set("val"), study.data().class_names, device)["map"]
+        study.keep_spec(spec)
+        return {k: v for k, v in made.results.items() if k != "size_mb"} | {"val_map": val_map,
+                                                                            "details": json.dumps(made.details)}
     metrics = evaluate(made.model.to(device), test_set, study.data().class_names, device,
                        save_to=study.detections_file(spec))
     costs = measure(made.model, image, made.weights_path, made.flops_model)

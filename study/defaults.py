@@ -43,6 +43,8 @@ DEFAULTS: dict = {
         "shape": {"anchor_sizes": [16, 32, 64, 128], "rpn_pre_nms_train": 1000, "rpn_post_nms_train": 500,
                   "rpn_pre_nms_test": 500, "rpn_post_nms_test": 200, "rpn_batch_per_image": 256,
                   "box_batch_per_image": 128},
+        "compression": {"int8-qat+kd": {"kd": {"hinton": {"weight": 1.0, "temperature": 4.0},
+                                                "pkd": copy.deepcopy(DISTILL_METHODS["pkd"].DEFAULTS)}}},
         "compress": [], **GRID},
     # ultralytics YOLO from its own YAMLs (no weights): a YOLOv8s teacher and a YOLOv8n-depth student at 1/16 width
     # (yolov8p; sizes: docs/decisions.md, "YOLO sizes"); ultralytics' recipe (SGD 0.01 / 0.937, wd 5e-4 off norms
@@ -54,12 +56,17 @@ DEFAULTS: dict = {
                        "ema_decay": 0.9999, "ema_tau": 2000, "val_every": 1},
              "distill": {"fitnets": {"taps": ["p3", "p4", "p5"]}, "at": {"taps": ["p3", "p4", "p5"]},
                          "nst": {"taps": ["p3", "p4", "p5"]}},
+             "compression": {"int8-qat+kd": {"kd": {"hinton": {"weight": 1.0, "temperature": 4.0},
+                                                     "cwd": copy.deepcopy(DISTILL_METHODS["cwd"].DEFAULTS)}}},
              "compress": [], **GRID},
     # torchvision FCOS over the same backbones and FPN widths as Faster R-CNN (a single-stage head, backbone fixed)
     "fcos": {"teacher": {"backbone": "resnet50", "fpn_channels": 128, "epochs": 20},
              "student": {"backbone": "shallow", "fpn_channels": 64, "epochs": 12},
              "shape": {"head_convs": 4, "score_thresh": 0.05, "detections_per_image": 100},
-             "train": {"lr": 0.01}, "distill": {}, "compress": [], **GRID},
+             "train": {"lr": 0.01}, "distill": {},
+             "compression": {"int8-qat+kd": {"kd": {"hinton": {"weight": 1.0, "temperature": 4.0},
+                                                     "pkd": copy.deepcopy(DISTILL_METHODS["pkd"].DEFAULTS)}}},
+             "compress": [], **GRID},
     # training (torchvision detection references' recipe, scaled to batch 8)
     "train": {"optimizer": "sgd", "batch_size": 8, "lr": 0.02, "momentum": 0.9, "weight_decay": 1e-4,
               "warmup_iters": 50, "clip_grad_norm": 10.0, "hflip": True, "vflip": True, "val_every": 1,
@@ -87,7 +94,15 @@ DEFAULTS: dict = {
         # iterative: prune a quarter of the FLOPs, fine-tune 2 epochs, prune the next quarter, fine-tune 2 epochs
         "prune-iterative": {"criterion": "l1", "flops_reduction": 0.5, "global": False, "finetune_epochs": 4,
                             "finetune_lr": 0.005, "iterative_steps": 2},
-        "int8": {"calibration_images": 32, "per_channel": True, "reduce_range": False},
+        # int8 (torchao PT2E, X86InductorQuantizer: per-channel weights, histogram-observed activations): post-training
+        # calibration on the first ``calibration_images`` training images; ``int8-qat``: quantization-aware
+        # fine-tuning of the fake-quantized detector, the same epochs and LR for both families; ``int8-qat+kd``:
+        # the same, distilled from the float model it starts from (``kd_teacher: source``) by the family's ``kd``
+        # (its section's ``compression``: Hinton plus the family's detection feature term)
+        "int8": {"calibration_images": 32, "reduce_range": False},
+        "int8-qat": {"calibration_images": 32, "reduce_range": False, "finetune_epochs": 4, "finetune_lr": 0.001},
+        "int8-qat+kd": {"calibration_images": 32, "reduce_range": False, "finetune_epochs": 4, "finetune_lr": 0.001,
+                        "kd_teacher": "source"},
         "fp16": {},
     },
     # the report: ``frontier`` adds FRONTIER.md (study.frontier_report: best model at each budget, differences with
@@ -109,7 +124,9 @@ DEFAULTS: dict = {
     # cost measurement (latency: batch 1, ``threads`` CPU threads, all models of a study timed together after
     # training in ``rounds`` interleaved rounds of ``images`` test images each, in a random order from ``seed``;
     # docs/decisions.md, "latency rounds")
-    "cost": {"threads": 2, "warmup": 2, "rounds": 20, "images": 4, "seed": 0},
+    # ``runtime``: ``pytorch`` (eager) or ``onnxruntime`` (every model exported, timed in ONNX Runtime beside its eager
+    # form, and the export's test mAP recorded: study.latency_pass)
+    "cost": {"threads": 2, "warmup": 2, "rounds": 20, "images": 4, "seed": 0, "runtime": "pytorch"},
 }
 
 

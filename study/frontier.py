@@ -44,6 +44,8 @@ def method_class(method: str, role: str) -> str:
         return "pruned teacher + KD" if "+kd" in method else "pruned teacher"
     if method in ("int8", "fp16"):
         return method
+    if method.startswith("int8-qat"):
+        return "int8 QAT + KD" if method.endswith("+kd") else "int8 QAT"
     if method == "baseline":
         return "student alone"
     if method == "baseline-long":

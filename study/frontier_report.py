@@ -23,7 +23,7 @@ from study.store import read_study_rows  # noqa: E402
 
 CLASS_ORDER = ["teacher", "student alone", "student alone, 2x epochs", "Hinton KD", "feature KD (detection)",
                "classic KD (fitnets)", "classic KD (at)", "classic KD (nst)", "label smoothing (control)",
-               "self-distillation (control)", "pruned teacher", "pruned teacher + KD", "int8", "fp16"]
+               "self-distillation (control)", "pruned teacher", "pruned teacher + KD", "int8", "int8 QAT", "int8 QAT + KD", "fp16"]
 AXES = (("params", "Parameters (M)", "params"), ("gflops", "GFLOPs per image", "gflops"),
         ("cpu_ms", "CPU latency per image (ms, batch 1)", "latency"))
 

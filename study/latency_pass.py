@@ -5,13 +5,19 @@ Runs are not timed where they run (a worker shares its cores with the others); e
 :func:`measure_deferred_latency` rebuilds every model as it was evaluated (:func:`evaluated_model`) and times them
 in interleaved rounds (:func:`study.cost.interleaved_latency`), in this process with nothing else running, so that
 every latency of the table comes from one pass.
+
+The runtime is the profile's ``cost.runtime``: ``pytorch`` (eager mode; ``cpu_ms``) or ``onnxruntime``: every model
+is exported whole (:func:`study.onnx_runtime.export_detector`; an int8 model with its int8 graph) and timed in ONNX
+Runtime (``cpu_ms``) in the same interleaved rounds as its PyTorch eager form (``eager_ms``; an int8 graph lowered
+to oneDNN kernels), and the exported model is evaluated on the test split (``onnx_map``, to compare with ``map``).
 """
 from __future__ import annotations
 
 import torch
 
-from methods.quantize import load_int8
+from methods.quantize_pt2e import load_int8, lowered
 from study.cost import interleaved_latency, latency_ms
+from study.evaluate import evaluate
 from study.plan import RunSpec
 from study.store import read_runs, upsert_runs
 from study.workspace import Workspace
@@ -23,14 +29,10 @@ def evaluated_model(workspace: Workspace, spec: RunSpec) -> tuple[torch.nn.Modul
     run_dir = workspace.run_dir(spec.run_id)
     if spec.method.startswith("prune"):
         return torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False), True
-    state = torch.load(run_dir / "best.pt", map_location="cpu")
-    if spec.method == "int8":
-        cfg = spec.hparams["compress"]
-        calibration = workspace.image_set("train").images[:cfg["calibration_images"]].float().div(255)
-        return load_int8(workspace.load_finished(spec.hparams["source_run"]).eval(), state, calibration,
-                         cfg["per_channel"], cfg.get("reduce_range", False)), False
+    if spec.method.startswith("int8"):  # post-training or QAT: the saved int8 graph and float rest
+        return load_int8(workspace.load_finished(spec.hparams["source_run"]), run_dir), False
     model = workspace.build(spec)
-    model.load_state_dict(state)  # fp16: the half weights, upcast on loading
+    model.load_state_dict(torch.load(run_dir / "best.pt", map_location="cpu"))  # fp16: upcast on loading
     return model, True
 
 
@@ -48,7 +50,14 @@ def measure_deferred_latency(workspace: Workspace, log=print) -> int:
             models[row["run_id"]], cuda_ok[row["run_id"]] = evaluated_model(workspace, spec)
     cfg, test_images = workspace.profile["cost"], workspace.image_set("test").images
     images = [test_images[i].float().div(255) for i in range(min(cfg["images"], len(test_images)))]
-    timed = interleaved_latency(models, images, cfg, seed=cfg.get("seed", 0))
+    runtime = cfg.get("runtime", "pytorch")
+    if runtime == "onnxruntime":
+        timed = _onnxruntime_pass(workspace, models, cuda_ok, images, cfg)
+    elif runtime == "pytorch":
+        timed = {key: value | {"runtime": "pytorch"} for key, value in
+                 interleaved_latency(models, images, cfg, seed=cfg.get("seed", 0)).items()}
+    else:
+        raise ValueError(f"cost.runtime: unknown runtime {runtime!r} (pytorch, onnxruntime)")
     for row in rows:
         if row["run_id"] in timed:
             row |= timed[row["run_id"]]
@@ -57,5 +66,28 @@ def measure_deferred_latency(workspace: Workspace, log=print) -> int:
                                            cfg["warmup"], cfg["rounds"] * len(images))
                 models[row["run_id"]].to("cpu")
     upsert_runs(workspace.runs_csv, [row for row in rows if row["run_id"] in timed])  # one rewrite for the pass
-    log(f"timed {len(timed)} models in {cfg['rounds']} interleaved rounds of {len(images)} images")
+    log(f"timed {len(timed)} models in {cfg['rounds']} interleaved rounds of {len(images)} images ({runtime})")
     return len(timed)
+
+
+def _onnxruntime_pass(workspace: Workspace, models: dict, cuda_ok: dict, images: list, cfg: dict) -> dict:
+    """Every model exported and loaded in ONNX Runtime, timed in the same interleaved rounds as its eager form (an
+    int8 model lowered to oneDNN kernels), and its export evaluated on the test split; run id -> the row's
+    ``cpu_ms``, ``cpu_ms_iqr``, ``eager_ms``, ``onnx_mb``, ``onnx_map``, ``runtime``."""
+    from study.onnx_runtime import ort_detector
+
+    test_set, classes = workspace.image_set("test"), workspace.data().class_names
+    exported, contenders = {}, {}
+    for run_id, model in models.items():
+        path = workspace.run_dir(run_id) / "model.onnx"
+        exported[run_id] = ort_detector(model, images[0], path, threads=cfg["threads"])
+        contenders[(run_id, "ort")] = exported[run_id]
+        contenders[(run_id, "eager")] = model if cuda_ok[run_id] else lowered(model, images[0])
+    timed = interleaved_latency(contenders, images, cfg, seed=cfg.get("seed", 0))
+    out = {}
+    for run_id, detector in exported.items():
+        out[run_id] = {"cpu_ms": timed[(run_id, "ort")]["cpu_ms"], "cpu_ms_iqr": timed[(run_id, "ort")]["cpu_ms_iqr"],
+                       "eager_ms": timed[(run_id, "eager")]["cpu_ms"], "runtime": "onnxruntime",
+                       "onnx_mb": detector.path.stat().st_size / 1e6,
+                       "onnx_map": evaluate(detector, test_set, classes, torch.device("cpu"))["map"]}
+    return out

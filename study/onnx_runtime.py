@@ -1,5 +1,12 @@
-"""A detector's int8 in ONNX Runtime: export to ONNX, static int8 through ``onnxruntime.quantization``, and CPU
-latency at batch 1.
+"""Detectors in ONNX Runtime: whole-detector export (float, or with its PT2E int8 graph as QDQ), static int8
+through ``onnxruntime.quantization``, and CPU latency at batch 1.
+
+- Whole detectors (:func:`export_detector`, :class:`OrtDetector`): the TorchScript-based exporter traces one
+  canvas image through the model. Faster R-CNN and FCOS export whole (NMS and RoIAlign included); YOLO exports
+  its network (trunk and Detect head, decoded boxes and class scores) and NMS runs after ONNX Runtime, in
+  PyTorch, as ultralytics' own ONNX export leaves it. A PT2E int8 part (:mod:`methods.quantize_pt2e`) exports as
+  QuantizeLinear/DequantizeLinear around int8 weights (:func:`register_pt2e_symbolics`), which ONNX Runtime fuses
+  into int8 kernels: the model timed is the one evaluated.
 
 - What is exported: the family's quantizable part (:func:`onnx_part`: the backbone body + FPN of Faster R-CNN and
   FCOS, fed the normalised batch; the layers of a YOLO before its Detect head), or any module whose outputs are
@@ -153,6 +160,121 @@ def interleaved_ort_latency(sessions: dict, inputs: list[torch.Tensor], cfg: dic
         q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
         out[key] = {"cpu_ms": statistics.median(values), "cpu_ms_iqr": q3 - q1}
     return out
+
+
+# ---------------------------------------------------------------- whole detectors
+def _zero_point(value: int, quant_min: int) -> torch.Tensor:
+    return torch.tensor(int(value), dtype=torch.uint8 if int(quant_min) == 0 else torch.int8)
+
+
+def register_pt2e_symbolics(opset: int = 17) -> None:
+    """ONNX symbolics (TorchScript-based exporter) for the ``quantized_decomposed`` ops of a converted PT2E graph:
+    per-tensor quantize and dequantize (constant scale and zero point) and per-channel dequantize of the int8
+    weights, as ONNX QuantizeLinear / DequantizeLinear (uint8 activations, int8 weights)."""
+    from torch.onnx import register_custom_op_symbolic
+    from torch.onnx import symbolic_helper as sh
+
+    def const(g, value, kind):
+        return sh._maybe_get_const(value, kind)
+
+    def per_tensor(op):
+        def symbolic(g, x, scale, zero_point, quant_min, quant_max, dtype, *rest):
+            scale_t = torch.tensor(float(const(g, scale, "f")))
+            zp = _zero_point(const(g, zero_point, "i"), const(g, quant_min, "i"))
+            return g.op(op, x, g.op("Constant", value_t=scale_t), g.op("Constant", value_t=zp))
+        return symbolic
+
+    def dequantize_per_channel(g, x, scales, zero_points, axis, quant_min, quant_max, dtype, *rest):
+        int8 = 3 if int(const(g, quant_min, "i")) < 0 else 2  # ONNX TensorProto INT8 / UINT8
+        return g.op("DequantizeLinear", x, scales, g.op("Cast", zero_points, to_i=int8),
+                    axis_i=int(const(g, axis, "i")))
+
+    for name, fn in (("quantize_per_tensor", per_tensor("QuantizeLinear")),
+                     ("dequantize_per_tensor", per_tensor("DequantizeLinear")),
+                     ("dequantize_per_channel", dequantize_per_channel)):
+        register_custom_op_symbolic(f"quantized_decomposed::{name}", fn, opset)
+
+
+class _OneImage(torch.nn.Module):
+    """A torchvision detector on one (3, H, W) image: its boxes, scores and labels."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        out = self.model([image])[0]
+        return out["boxes"], out["scores"], out["labels"]
+
+
+class _YOLONetwork(torch.nn.Module):
+    """A YOLO detector's network on one (3, H, W) image: decoded boxes and class scores before NMS."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        inference, _ = self.model.model(image[None])
+        return inference
+
+
+def export_detector(model: torch.nn.Module, image: torch.Tensor, path: Path | str, opset: int = 17) -> Path:
+    """Write the whole detector ``model`` (float, or with a PT2E int8 part) as ONNX at ``path``, traced on one
+    canvas image (3, H, W) in 0..1 (see the module docstring for what YOLO leaves to PyTorch)."""
+    from detectors import family_of
+
+    register_pt2e_symbolics(opset)
+    model = model.eval().cpu()
+    wrapped = _YOLONetwork(model) if family_of(model) == "yolo" else _OneImage(model)
+    path = Path(path)
+    with torch.no_grad(), _quiet():
+        torch.onnx.export(wrapped.eval(), (image.float(),), str(path), dynamo=False, opset_version=opset,
+                          input_names=["image"], do_constant_folding=True)
+    return path
+
+
+@contextlib.contextmanager
+def _quiet():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on shape-dependent Python values (fixed canvas)
+        yield
+
+
+class OrtDetector:
+    """An exported detector (:func:`export_detector`) in an ONNX Runtime CPU session, called like the PyTorch
+    model: a list of (3, H, W) images in, a list of ``{"boxes", "scores", "labels"}`` out, one image per run.
+    ``postprocess``: YOLO's NMS (the detector's own), None for detectors exported whole."""
+
+    def __init__(self, path: Path | str, threads: int = 1, postprocess=None):
+        self.path, self.session, self.postprocess = Path(path), session(path, threads), postprocess
+        self.input_name = self.session.get_inputs()[0].name
+
+    def eval(self):
+        return self
+
+    def to(self, device):
+        return self
+
+    def __call__(self, images) -> list[dict]:
+        out = []
+        for image in images:
+            outputs = self.session.run(None, {self.input_name: image.float().cpu().numpy()})
+            if self.postprocess is not None:
+                out += self.postprocess(torch.from_numpy(outputs[0]))
+            else:
+                boxes, scores, labels = (torch.from_numpy(o) for o in outputs)
+                out.append({"boxes": boxes, "scores": scores, "labels": labels})
+        return out
+
+
+def ort_detector(model: torch.nn.Module, image: torch.Tensor, path: Path | str, threads: int = 1) -> OrtDetector:
+    """``model`` exported to ``path`` (:func:`export_detector`) and loaded in ONNX Runtime."""
+    from detectors import family_of
+
+    export_detector(model, image, path)
+    return OrtDetector(path, threads, model.postprocess if family_of(model) == "yolo" else None)
 
 
 def compare(reference, outputs: list[np.ndarray]) -> dict:

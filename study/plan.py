@@ -3,7 +3,8 @@
 A run is identified by a hash of everything that determines it (its hparams), so running a profile again skips
 what already finished and a changed hyperparameter makes a new run. Per detector: the teachers (one per teacher
 seed), every (method, seed) student (a distilled seed reads the teacher :func:`teacher_of` pairs it with;
-``baseline-long`` is the compute control), then the compression runs of the first teacher.
+``baseline-long`` is the compute control), then the compression runs of the first teacher (and of students where
+a profile says).
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def make_run_id(detector: str, backbone: str, method: str, seed: int, hparams: d
 def detector_config(profile: dict, detector: str) -> dict:
     """One detector's teacher, student, train, distill, methods, compress and shape settings: its section
     (``faster_rcnn``, ``yolo``, ``fcos``) gives its roles, shape and compression rows and overrides the top-level
-    ``train``/``distill``/``methods``."""
+    ``train``/``distill``/``methods`` and adds to the top-level ``compression`` settings (a family's own
+    distillation terms for ``int8-qat+kd``)."""
     if detector not in DETECTORS:
         raise StudyError(f"unknown detector '{detector}' (known: {', '.join(DETECTORS)})")
     section = profile[detector]
@@ -52,7 +54,7 @@ def detector_config(profile: dict, detector: str) -> dict:
             "train": _merge(profile["train"], section.get("train", {})),
             "distill": _merge(profile["distill"], section.get("distill", {})),
             "methods": section.get("methods", profile["methods"]), "compress": section.get("compress", []),
-            "compression": profile["compression"], "shape_key": SHAPE_KEYS[detector], "shape": section["shape"]}
+            "compression": _merge(profile["compression"], section.get("compression", {})), "shape_key": SHAPE_KEYS[detector], "shape": section["shape"]}
 
 
 def _role_name(role: dict) -> str:
@@ -162,11 +164,15 @@ def plan_detector(profile: dict, detector: str, dataset_name: str, tuned: dict[s
             if method not in cfg["compression"]:
                 raise StudyError(f"unknown compression method '{method}' (known: {', '.join(cfg['compression'])})")
             comp = cfg["compression"][method]
-            hp = common | {"role": role, "compress": {k: v for k, v in comp.items() if k != "kd"},
+            hp = common | {"role": role, "compress": {k: v for k, v in comp.items() if k not in ("kd", "kd_teacher")},
                            "source_run": source.run_id}
-            if "kd" in comp:
-                hp["distill"], hp["teacher_run"] = comp["kd"], first_teacher.run_id
-            seeds = (profile[detector].get("compress_seeds") or profile["seeds"]) if method.startswith("prune") \
+            if "kd" in comp:  # from the first teacher, or (``kd_teacher: source``) the float model compressed
+                hp["distill"] = comp["kd"]
+                hp["teacher_run"] = source.run_id if comp.get("kd_teacher") == "source" else first_teacher.run_id
+            elif method.endswith("+kd"):
+                raise StudyError(f"compression '{method}' has no kd settings for {detector}")
+            # a compression that trains (pruning, QAT) runs once per compress seed; one that does not, once
+            seeds = (profile[detector].get("compress_seeds") or profile["seeds"]) if "finetune_epochs" in comp \
                 else [source.seed]
             for seed in seeds:
                 runs.append(RunSpec(make_run_id(detector, _role_name(role), method, seed, hp), "compressed",

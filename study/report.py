@@ -15,6 +15,7 @@ from pathlib import Path
 from study.groups import RIVAL_SUFFIX, Group, group_runs
 from study.figures import write_figures
 from study.stats import holm, paired_summary, t_quantile
+from study.deploy_report import deployment_lines
 from study.store import read_curve, read_runs, read_study_rows
 
 COST_COLUMNS = (("params", "Params (M)", 1e-6), ("gflops", "GFLOPs", 1.0), ("size_mb", "Size (MB)", 1.0),
@@ -294,7 +295,7 @@ def latency_agreement(groups: list[Group]) -> list[str]:
     by_arch: dict[tuple, list[float]] = {}
     for g in groups:
         for r in g.ok:
-            if r.get("cpu_ms") not in (None, "") and g.method not in ("int8", "fp16"):
+            if r.get("cpu_ms") not in (None, "") and not g.method.startswith(("int8", "fp16")):
                 by_arch.setdefault((g.detector, g.backbone, r["params"]), []).append(float(r["cpu_ms"]))
     out = []
     for (detector, backbone, params), values in by_arch.items():
@@ -360,6 +361,13 @@ def render_tables(report: dict) -> dict[str, str]:
             "table.csv": table_csv.getvalue()}
 
 
+def runtime_names(rows: list[dict]) -> str:
+    """Where the rows' latencies were measured: ONNX Runtime, PyTorch eager, or both."""
+    names = {"onnxruntime": "ONNX Runtime", "pytorch": "PyTorch eager", "": "PyTorch eager"}
+    return " and ".join(sorted({names.get(r.get("runtime") or "", r.get("runtime")) for r in rows
+                                if r.get("cpu_ms") not in (None, "")})) or "not measured"
+
+
 def render_report_md(report: dict, figures: list[str]) -> str:
     """The text of ``REPORT.md`` for :func:`compute_report`'s dict, embedding the figures ``figures``."""
     rows, groups, failed, software = report["rows"], report["groups"], report["failed"], report["software"]
@@ -375,8 +383,8 @@ def render_report_md(report: dict, figures: list[str]) -> str:
              *[f"- execution {e['started']} ({e['profile']}): {e['runs_executed']} of {e['runs_planned']} runs, "
                f"{e['workers']} at a time x {e['threads_per_run']} thread(s), {e['device']}: "
                f"{float(e['wall_s']) / 60:.1f} min wall" for e in report["executions"]],
-             "- mAP is COCO mAP@[.5:.95] on the test split; GFLOPs = 2 × GMACs of one forward pass; CPU ms is the "
-             "median per image at batch 1 over interleaved rounds (every model timed in each round, in a random "
+             "- mAP is COCO mAP@[.5:.95] on the test split; GFLOPs = 2 × GMACs of one forward pass; CPU ms "
+             f"({runtime_names(report['all_rows'])}) is the median per image at batch 1 over interleaved rounds (every model timed in each round, in a random "
              "order, over several test images), ± its spread (the larger of the runs' mean interquartile range and "
              "the range of their medians); a latency is bold only when it beats the next row by more than both "
              "spreads; Δ is against the same detector and backbone's `baseline` (for a compressed "
@@ -412,6 +420,7 @@ def render_report_md(report: dict, figures: list[str]) -> str:
         lines += ["## Teacher-student gap (validation mAP)", "", *gap_lines(rows), ""]
     if latency_agreement(groups):
         lines += ["## Latency of identical architectures", "", *latency_agreement(groups), ""]
+    lines += deployment_lines(report["all_rows"])
     if failed:
         lines += ["## Failed runs", ""] + [f"- `{r['run_id']}`: {r['error']}" for r in failed] + [""]
     if report["compressed"]:

@@ -17,7 +17,10 @@ from study.errors import MissingInput, StudyError
 COLUMNS = ["run_id", "profile", "dataset", "detector", "backbone", "method", "hparams", "seed", "params",
            "adapter_params", "gflops", "proposals_counted", "size_mb", "cpu_ms", "cpu_ms_iqr", "gpu_ms", "map", "map50",
            "map75", "map_small", "map_medium", "map_large", "per_class_ap", "val_map", "best_epoch", "val_curve",
-           "train_s", "wall_s", "device", "status", "error", "details"]
+           "train_s", "wall_s", "device", "status", "error", "details",
+           # the latency pass's runtime (study.latency_pass): ``cpu_ms`` is that runtime's; with ONNX Runtime, PyTorch
+           # eager's beside it, the exported model's size and its test mAP (the export check)
+           "runtime", "eager_ms", "onnx_mb", "onnx_map"]
 
 
 def val_curve(history: list[dict]) -> str:

@@ -1,5 +1,5 @@
 """A tiny frontier end to end (Faster R-CNN at 128 px): two student sizes, label smoothing, self-distillation, a
-pruned teacher with KD, int8 of a student; then FRONTIER.md with the test-image bootstrap from the kept
+pruned teacher with KD, int8 (post-training, and QAT distilled from the float model) of a student; then FRONTIER.md with the test-image bootstrap from the kept
 detections."""
 from __future__ import annotations
 
@@ -31,13 +31,14 @@ faster_rcnn:
   shape: {rpn_pre_nms_train: 100, rpn_post_nms_train: 50, rpn_pre_nms_test: 50, rpn_post_nms_test: 20,
           box_batch_per_image: 32}
   compress: [prune-30+kd]
-  compress_students: {methods: [int8], source: hinton}
+  compress_students: {methods: [int8, int8-qat+kd], source: hinton}
   compress_seeds: [0]
 compression:
   prune-30+kd: {criterion: l1, flops_reduction: 0.3, global: false, finetune_epochs: 1, finetune_lr: 0.005,
                 kd: {hinton: {weight: 1.0, temperature: 4.0}}}
+  int8-qat+kd: {finetune_epochs: 1, calibration_images: 8}
 train: {warmup_iters: 2}
-cost: {warmup: 1, rounds: 2, images: 2}
+cost: {warmup: 1, rounds: 2, images: 2, runtime: onnxruntime}
 execution: {workers: 1}
 report: {frontier: true, bootstrap: 50}
 """
@@ -59,9 +60,23 @@ def test_every_planned_run_of_the_grid_finishes(grid):
     assert {r["run_id"] for r in rows} == {s.run_id for s in plan_runs(profile, study.data().name)}
     kinds = {(r["backbone"], r["method"]) for r in rows}
     assert {("shallow", "ls"), ("shallow", "hinton@self"), ("shallow", "self-teacher"), ("shallow-xs", "hinton"),
-            ("shallow-l", "prune-30+kd"), ("shallow", "int8"), ("shallow-xs", "int8")} <= kinds
+            ("shallow-l", "prune-30+kd"), ("shallow", "int8"), ("shallow-xs", "int8"),
+            ("shallow", "int8-qat+kd")} <= kinds
     ls = next(r for r in rows if r["method"] == "ls")
     assert "teacher_run" not in json.loads(ls["hparams"])
+    for qat in (r for r in rows if r["method"] == "int8-qat+kd"):  # distilled from the float model it starts from
+        hp = json.loads(qat["hparams"])
+        assert hp["teacher_run"] == hp["source_run"] and set(hp["distill"]) == {"hinton", "pkd"}
+
+
+def test_latency_in_onnx_runtime_beside_eager_and_the_export_keeps_the_map(grid):
+    """``cost.runtime: onnxruntime``: every model (int8 ones with their int8 graph) exported whole, timed in ONNX
+    Runtime beside PyTorch eager, and its test mAP equal to PyTorch's (the same model, another runtime)."""
+    _, _, runs_csv = grid
+    for r in read_runs(runs_csv):
+        assert r["runtime"] == "onnxruntime" and float(r["cpu_ms"]) > 0 and float(r["eager_ms"]) > 0, r["run_id"]
+        assert float(r["onnx_mb"]) > 0
+        assert float(r["onnx_map"]) == pytest.approx(float(r["map"]), abs=0.002), r["run_id"]
 
 
 def test_kept_detections_give_back_each_runs_map(grid):

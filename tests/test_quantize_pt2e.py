@@ -2,6 +2,8 @@
 graph, full detectors still detecting. Skipped where torchao is not installed."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -94,3 +96,134 @@ def test_yolo_trunk_int8_is_close_and_the_detector_detects():
             assert F.cosine_similarity(r.flatten(), o.flatten(), dim=0) >= 0.99
         detections = qmodel(list(x[:2]))
     assert len(detections) == 2 and detections[0]["boxes"].shape[1] == 4
+
+
+def test_int8_saves_int8_weights_only_and_loads_the_same_model(tmp_path):
+    """``convert_pt2e`` keeps the float weights beside the int8 ones; the saved model holds the int8 ones only."""
+    from methods.quantize_pt2e import PART_FILE, load_int8, save_int8
+    model = tiny()
+    calibration = images()
+    qmodel, _ = quantize_int8_pt2e(model, calibration)
+    files = save_int8(qmodel, tmp_path, calibration)
+    torch.save(model.backbone.state_dict(), tmp_path / "fp32_backbone.pt")
+    # ResNet-18 body + FPN: 4 bytes a weight in fp32, 1 in int8, plus the graph's description
+    assert (tmp_path / PART_FILE).stat().st_size < 0.3 * (tmp_path / "fp32_backbone.pt").stat().st_size
+    loaded = load_int8(tiny(), tmp_path)  # another model of the architecture: every weight comes from the files
+    x = model.transform(list(calibration[:2]))[0].tensors
+    with torch.no_grad():
+        a, b = qmodel.backbone(x), loaded.backbone(x)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert [d["boxes"].tolist() for d in qmodel(list(calibration[:2]))] == \
+            [d["boxes"].tolist() for d in loaded(list(calibration[:2]))]
+    assert len(files) == 2
+
+
+def with_batch_statistics(model, x):
+    """Set a random model's BatchNorm running statistics to those of ``x``, as a trained model's are its data's."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average
+    model.backbone.train()
+    with torch.no_grad():
+        model.backbone(model.transform(list(x))[0].tensors)
+    for bn in bns:
+        bn.momentum = 0.1
+    model.eval()
+
+
+def _feature_distance(family, float_model, qmodel, x, fake_quantized=False):
+    """Cosine of the quantizable part's outputs of the float (or fake-quantized) and the int8 model, the least
+    over levels."""
+    from methods.quantize_pt2e import quantizable_part, quantized_part
+    with torch.no_grad():
+        model_input = x
+        if family != "yolo":
+            model_input = float_model.transform(list(x))[0].tensors
+        part = (quantized_part if fake_quantized else quantizable_part)(float_model)[1]
+        ref = torch.utils._pytree.tree_leaves(part(model_input))
+        out = torch.utils._pytree.tree_leaves(quantized_part(qmodel)[1](model_input))
+    return min(F.cosine_similarity(r.flatten(), o.flatten(), dim=0).item() for r, o in zip(ref, out))
+
+
+def qat_case(family):
+    """(float model, its images, the family's feature term) for a QAT test."""
+    if family == "yolo":
+        model, x = briefly_trained_yolo()
+        return model, x, {"cwd": {"weight": 10.0, "tau": 1.0, "taps": ["p3", "p4", "p5"]}}
+    model, x = tiny("shallow"), images(4)
+    with_batch_statistics(model, x)
+    return model, x, {"pkd": {"weight": 6.0, "taps": ["p3", "p4", "p5"]}}
+
+
+def train_qat_steps(qat, x, teacher=None, feature=None, steps=2, lr=1e-4):
+    """``steps`` SGD steps of a QAT model on ``x`` with fixed boxes, distilled from ``teacher`` by Hinton +
+    ``feature`` when given; returns the last step's losses."""
+    from methods.distill.distiller import Distiller, TeacherCache
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0]]), "labels": torch.tensor([1])} for _ in range(len(x))]
+    net = qat if teacher is None else Distiller(qat, TeacherCache(teacher), {"hinton": {"weight": 1.0,
+                                                                                         "temperature": 4.0}} | feature)
+    optimizer = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=lr)
+    try:
+        for _ in range(steps):
+            qat.train()
+            losses = net(list(x), targets)
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+    finally:
+        if teacher is not None:
+            net.remove_hooks()
+    return losses
+
+
+@pytest.mark.parametrize("family", ["faster_rcnn", "yolo"])
+def test_qat_with_distillation_trains_the_fake_quantized_detector_and_converts(family):
+    """``int8-qat+kd``: the fake-quantized detector trains with Hinton + the family's feature term from its own
+    float model, the feature term's gradients reach the fake-quantized convolutions, and the converted int8 model
+    detects."""
+    from methods.distill.distiller import Distiller, TeacherCache
+    from methods.quantize_pt2e import convert_qat, prepare_qat, quantized_part
+    model, x, feature = qat_case(family)
+    qat, info = prepare_qat(model, x)
+    assert "quantization-aware" in info["quant_path"]
+    name = next(iter(feature))
+    distiller = Distiller(qat, TeacherCache(copy.deepcopy(model)), {"hinton": {"weight": 1.0, "temperature": 4.0}}
+                          | feature)
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 30.0, 40.0]]), "labels": torch.tensor([1])} for _ in range(len(x))]
+    weights = [p for p in quantized_part(qat)[1].parameters() if p.requires_grad and p.dim() == 4]
+    try:
+        qat.train()
+        losses = distiller(list(x), targets)
+        feature_terms = [v for k, v in losses.items() if k.startswith(f"kd_{name}_")]
+        assert "kd_hinton" in losses and len(feature_terms) == 3
+        assert all(torch.isfinite(v) for v in losses.values())
+        sum(feature_terms).backward()
+        assert sum(p.grad is not None and p.grad.abs().sum() > 0 for p in weights) >= len(weights) // 2
+    finally:
+        distiller.remove_hooks()
+    losses = train_qat_steps(qat, x, copy.deepcopy(model), feature, steps=1)
+    assert all(torch.isfinite(v) for v in losses.values())
+    qmodel = convert_qat(qat)
+    assert not any(p.requires_grad and p.dim() == 4 for p in quantized_part(qmodel)[1].parameters())
+    with torch.no_grad():
+        detections = qmodel(list(x[:2]))
+    assert len(detections) == 2 and detections[0]["boxes"].shape[1] == 4
+
+
+@pytest.mark.parametrize("family", [
+    "faster_rcnn",
+    pytest.param("yolo", marks=pytest.mark.xfail(strict=True, reason=(
+        "after train-mode QAT steps the converted YOLO trunk departs from its fake-quantized graph (cosine 0.968 "
+        "measured; 0.99995 with no training step); cause not found yet, docs/quantization-notes.md")))])
+def test_qat_converted_model_computes_what_the_fake_quantized_one_did(family):
+    """Conversion after QAT keeps the function of the fake-quantized model (eval mode, a fixed input); before any
+    training step that model is close to the float one."""
+    from methods.quantize_pt2e import convert_qat, prepare_qat
+    model, x, _ = qat_case(family)
+    qat, _ = prepare_qat(model, x)
+    qat.eval()
+    assert _feature_distance(family, model.eval(), qat, x) >= 0.99  # fake-quantized, untrained: close to float
+    train_qat_steps(qat, x)
+    qat.eval()
+    assert _feature_distance(family, qat, convert_qat(qat), x, fake_quantized=True) >= 0.99
