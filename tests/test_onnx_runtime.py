@@ -44,18 +44,41 @@ def test_backbone_exports_quantizes_and_is_timed(tmp_path):
     assert set(latency) == {"fp32", "int8"} and all(v["cpu_ms"] > 0 for v in latency.values())
 
 
-def test_whole_faster_rcnn_exports_and_matches_on_another_image(tmp_path):
-    """The TorchScript-based exporter takes the whole detector (NMS and RoIAlign included)."""
-    model = tiny()
-    x = images(3)
-    path = tmp_path / "whole.onnx"
+def tiny_of(family):
+    torch.manual_seed(0)
+    if family == "yolo":
+        from detectors.yolo import build_yolo
+        return build_yolo("yolov8p", 3).eval()
+    if family == "fcos":
+        from detectors.fcos import build_fcos
+        return build_fcos("shallow", 3, fpn_channels=32).eval()
+    return tiny()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("family", ["faster_rcnn", "fcos", "yolo"])
+def test_whole_detector_in_onnx_runtime_detects_what_pytorch_does(family, precision, tmp_path):
+    """The whole detector (Faster R-CNN and FCOS with NMS; YOLO's network, NMS after) exported on one image, and
+    on two others ONNX Runtime's detections are PyTorch's: the float model, and the PT2E int8 one whose int8 graph
+    exports as QuantizeLinear/DequantizeLinear (int8 weights in the file)."""
+    pytest.importorskip("torchao.quantization.pt2e.quantize_pt2e")
+    import onnx
+    from methods.quantize_pt2e import quantize_int8_pt2e
+    from study.onnx_runtime import ort_detector
+    model = tiny_of(family)
+    x = images(4, 64, 64 if family == "yolo" else 96)
+    if precision == "int8":
+        model, _ = quantize_int8_pt2e(model, x)
+    detector = ort_detector(model, x[0], tmp_path / "model.onnx")
     with torch.no_grad():
-        torch.onnx.export(model, ([x[0]],), str(path), dynamo=False, opset_version=17)
-        ref = model([x[1]])[0]
-    boxes, labels, scores = run(session(path), x[1])
-    assert len(boxes) == len(ref["boxes"])
-    assert compare(ref["boxes"], [boxes])["max_abs"] < 1e-3
-    assert compare(ref["scores"], [scores])["max_abs"] < 1e-4
+        ref = model(list(x[1:3]))
+    out = detector(list(x[1:3]))
+    for r, o in zip(ref, out):
+        assert len(o["boxes"]) == len(r["boxes"]) > 0
+        assert torch.allclose(o["boxes"], r["boxes"], atol=1e-3) and torch.allclose(o["scores"], r["scores"], atol=1e-4)
+        assert torch.equal(o["labels"], r["labels"])
+    types = {init.data_type for init in onnx.load(str(tmp_path / "model.onnx")).graph.initializer}
+    assert (onnx.TensorProto.INT8 in types) == (precision == "int8")
 
 
 def test_yolo_trunk_exports_with_both_exporters(tmp_path):
