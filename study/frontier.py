@@ -7,8 +7,9 @@ where detections were kept, a two-level bootstrap interval over runs and test im
 
 - Differences: each student row against ``baseline`` of its size (paired by student seed, the cells spanning
   the teachers); at the sizes that have them, against the two controls, label smoothing (``ls``) and
-  self-distillation (``hinton@self``); a compressed model against the run it was made from. Holm over each
-  detector's comparisons.
+  self-distillation (``hinton@self``); a compressed model against the run it was made from, and a
+  quantization-aware int8 row against post-training int8 (and, with KD, plain QAT) of the same source. Holm over
+  each detector's student comparisons.
 - Transfer or regularisation: a distillation row's gain is called transfer only when it beats ``baseline`` and
   both controls after correction; a gain over ``baseline`` that a control matches could be regularisation.
 - Dose-response: per distilled (Hinton) cell, its gain over ``baseline`` of the same seed against the
@@ -32,6 +33,8 @@ SELF = "@self"
 CONTROLS = ("ls", "hinton" + SELF)  # the two controls a distillation gain must exceed
 FEATURE_METHODS = ("pkd", "cwd", "fgfi")  # detection-specific feature distillation
 CLASSIC = ("fitnets", "at", "nst")
+# the quantized rows a quantization-aware row is also compared with (besides the float model it was made from)
+QAT_REFERENCES = {"int8-qat": ("int8",), "int8-qat+kd": ("int8", "int8-qat")}
 
 
 def method_class(method: str, role: str) -> str:
@@ -125,7 +128,8 @@ def source_of(row: dict) -> str | None:
 
 def differences(points: list[Point], rows: list[dict]) -> None:
     """Fill each point's ``diffs``: students against ``baseline`` of their size and against the controls present
-    at it (paired by seed); compressed models against their source run (each run minus the run it was made from).
+    at it (paired by seed); compressed models against their source run (each run minus the run it was made from), and
+    quantization-aware rows against post-training int8 of the same source and (+KD) plain QAT of the same seed.
     Holm over each detector's comparisons; a verdict per comparison."""
     by_key = {(p.group.detector, p.group.backbone, p.group.method): p for p in points}
     map_of = {r["run_id"]: float(r["map"]) for r in rows if r["status"] == "ok" and r.get("map") not in (None, "")}
@@ -147,6 +151,16 @@ def differences(points: list[Point], rows: list[dict]) -> None:
             pairs = [(r["run_id"], source_of(r)) for r in g.ok if source_of(r) in map_of]
             if pairs:
                 p.diffs["source"] = paired_summary([map_of[a] - map_of[b] for a, b in pairs]) | {"pairs": pairs}
+            for ref in QAT_REFERENCES.get(g.method, ()):  # QAT against post-training int8, +KD against plain QAT
+                other = by_key.get((g.detector, g.backbone, ref))
+                if other is None:
+                    continue
+                # post-training int8 runs once per source; QAT once per (source, seed)
+                key = (lambda r: source_of(r)) if ref == "int8" else (lambda r: (source_of(r), int(r["seed"])))
+                theirs = {key(r): r["run_id"] for r in other.group.ok}
+                pairs = [(r["run_id"], theirs[key(r)]) for r in g.ok if theirs.get(key(r)) in map_of]
+                if pairs:
+                    p.diffs[ref] = paired_summary([map_of[a] - map_of[b] for a, b in pairs]) | {"pairs": pairs}
     for detector in {p.group.detector for p in points}:
         family = {(i, ref): d["p"] for i, p in enumerate(points) if p.group.detector == detector
                   for ref, d in p.diffs.items() if p.role == "student"}

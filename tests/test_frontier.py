@@ -23,7 +23,8 @@ def row(backbone, method, seed, map_, val=0.5, params=1e6, teacher=None, source=
     ("baseline", "student", "student alone"), ("hinton", "student", "Hinton KD"), ("pkd", "student",
      "feature KD (detection)"), ("ls", "student", "label smoothing (control)"), ("hinton@self", "student",
      "self-distillation (control)"), ("prune-50+kd", "compressed", "pruned teacher + KD"),
-    ("prune-50", "compressed", "pruned teacher"), ("int8", "compressed", "int8"), ("teacher", "teacher", "teacher")])
+    ("prune-50", "compressed", "pruned teacher"), ("int8", "compressed", "int8"), ("teacher", "teacher", "teacher"),
+    ("int8-qat", "compressed", "int8 QAT"), ("int8-qat+kd", "compressed", "int8 QAT + KD")])
 def test_method_classes(method, role, expected):
     assert method_class(method, role) == expected
 
@@ -64,6 +65,22 @@ def test_differences_pair_by_seed_and_compressed_models_against_their_source():
     assert pruned["mean"] == pytest.approx((0.47 + 0.48) / 2 - 0.50) and pruned["n"] == 2
     # Holm ran over the student comparisons of the detector: 2 sizes x hinton + ls + hinton-vs-ls
     assert small["holm_family"] == 4
+
+
+def test_quantization_aware_rows_against_post_training_int8_and_plain_qat_of_the_same_source_and_seed():
+    teacher = row("resnet50", "teacher", 0, 0.500, params=28e6)
+    source = teacher["run_id"]
+    rows = [teacher, row("resnet50", "int8", 0, 0.490, params=28e6, source=source)]
+    rows += [row("resnet50", "int8-qat", s, m, params=28e6, source=source) for s, m in ((0, 0.494), (1, 0.496))]
+    rows += [row("resnet50", "int8-qat+kd", s, m, params=28e6, source=source) for s, m in ((0, 0.499), (1, 0.497))]
+    points = {p.group.method: p for p in points_of(rows)}
+    differences(list(points.values()), rows)
+    kd = points["int8-qat+kd"].diffs
+    assert set(kd) == {"source", "int8", "int8-qat"} and set(points["int8-qat"].diffs) == {"source", "int8"}
+    assert kd["source"]["mean"] == pytest.approx((-0.001 - 0.003) / 2)  # 0.499 − 0.500, 0.497 − 0.500
+    assert kd["int8"]["mean"] == pytest.approx((0.009 + 0.007) / 2) and kd["int8"]["n"] == 2  # both against 0.490
+    assert kd["int8-qat"]["mean"] == pytest.approx((0.005 + 0.001) / 2)  # seed 0: 0.499 − 0.494; seed 1: 0.497 − 0.496
+    assert kd["int8-qat"]["pairs"] == [(rows[4]["run_id"], rows[2]["run_id"]), (rows[5]["run_id"], rows[3]["run_id"])]
 
 
 def test_dose_response_uses_the_validation_gap_and_the_test_gain_of_each_cell():
