@@ -200,7 +200,7 @@ def split_c2f(detection_model: nn.Module) -> int:
 
 class YOLOTrunk(nn.Module):
     """The layers of an ultralytics model before its Detect head, routed as ultralytics routes them; returns the
-    Detect head's inputs (P3-P5). A plain module that FX can trace."""
+    Detect head's inputs (P3-P5). A plain module that torch.export can export (int8: methods.quantize_pt2e)."""
 
     def __init__(self, detection_model: nn.Module):
         super().__init__()

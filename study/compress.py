@@ -139,13 +139,13 @@ def execute_compression(study, spec) -> dict:
     image = test_set.images[0].float().div(255)
     made = METHODS[method_of(spec.method)](study, spec, model, run_dir, image)
     device = made.device or study.device
-    if study.val_only:  # a design pilot: the validation split only (a fine-tuned model's best epoch's)
-        val_map = made.results.get("val_map")
-        if val_map is None:
-            val_map = evaluate(made.model.to(device), study.image_set("val"), study.data().class_names, device)["map"]
+    if study.val_only:  # a design pilot: the validation mAP of the model as made (int8: converted), never test
+        val_map = evaluate(made.model.to(device), study.image_set("val"), study.data().class_names, device)["map"]
+        details = made.details | ({"best_val_map_in_training": made.results["val_map"]}
+                                  if "val_map" in made.results else {})
         study.keep_spec(spec)
         return {k: v for k, v in made.results.items() if k != "size_mb"} | {"val_map": val_map,
-                                                                            "details": json.dumps(made.details)}
+                                                                            "details": json.dumps(details)}
     metrics = evaluate(made.model.to(device), test_set, study.data().class_names, device,
                        save_to=study.detections_file(spec))
     costs = measure(made.model, image, made.weights_path, made.flops_model)

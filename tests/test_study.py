@@ -118,7 +118,8 @@ def test_killed_study_resumes_where_it_stopped(tmp_path):
     ids = [r["run_id"] for r in after]
     assert len(ids) == len(set(ids)) == n_runs
     assert all(r["status"] == "ok" for r in after)
-    timing = {"cpu_ms", "cpu_ms_iqr", "gpu_ms"}  # filled by the latency pass at the end, over every model at once
+    # filled by the latency pass at the end, over every model at once
+    timing = {"cpu_ms", "cpu_ms_iqr", "gpu_ms", "runtime", "eager_ms", "onnx_mb", "onnx_map"}
     same = lambda a, b: {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
     assert all(same(r, before[r["run_id"]]) for r in after if r["run_id"] in before)  # not recomputed
     assert all(float(r["cpu_ms"]) > 0 for r in after)
@@ -152,7 +153,7 @@ def test_compression_rows_reuse_the_teacher(smoke):
     assert float(by_method["int8"]["size_mb"]) < 0.5 * float(teacher["size_mb"])
     assert float(by_method["int8"]["gflops"]) == pytest.approx(float(teacher["gflops"]), rel=1e-6)
     assert by_method["int8"]["params"] == teacher["params"]  # the same weights, stored in int8
-    assert json.loads(by_method["int8"]["details"])["int8_parts"] == "backbone body + FPN"
+    assert json.loads(by_method["int8"]["details"])["int8_parts"] == "backbone (body + FPN)"
     assert float(by_method["fp16"]["size_mb"]) == pytest.approx(float(teacher["size_mb"]) / 2, rel=0.05)
 
 
