@@ -95,14 +95,16 @@ def int8(study, spec, model: torch.nn.Module, run_dir: Path, image: torch.Tensor
 
 
 def int8_qat(study, spec, model: torch.nn.Module, run_dir: Path, image: torch.Tensor) -> Compressed:
-    """Quantization-aware training (torchao PT2E): the backbone (+ FPN or neck) fake-quantized, the whole detector
-    fine-tuned ``finetune_epochs`` at ``finetune_lr`` (fp32 steps: no bf16 autocast, contiguous layout), distilled
+    """Quantization-aware training (torchao PT2E): the backbone (+ FPN or neck) fake-quantized (its BatchNorm
+    statistics frozen unless ``freeze_bn_stats`` is false), the whole detector fine-tuned ``finetune_epochs`` at
+    ``finetune_lr`` (fp32 steps: no bf16 autocast, contiguous layout), distilled
     from its teacher run where the spec has ``distill`` (``int8-qat+kd``: the float model itself), then converted.
     The best validation epoch of the fake-quantized model is the one converted."""
     cfg = spec.hparams["compress"]
     calibration = _calibration(study, spec)
     qat_model, details = prepare_qat(model.to(study.device), calibration[:spec.hparams["train"]["batch_size"]],
-                                     reduce_range=cfg.get("reduce_range", False))
+                                     reduce_range=cfg.get("reduce_range", False),
+                                     freeze_bn_stats=cfg.get("freeze_bn_stats", True))
     finetune = dict(spec.hparams["train"], lr=cfg["finetune_lr"], bf16_on_cpu=False, channels_last=False)
     qat_model, adapter_params, result = study.train_run(spec, run_dir, model=qat_model,
                                                         epochs=cfg["finetune_epochs"], train_cfg=finetune)

@@ -96,13 +96,15 @@ DEFAULTS: dict = {
                             "finetune_lr": 0.005, "iterative_steps": 2},
         # int8 (torchao PT2E, X86InductorQuantizer: per-channel weights, histogram-observed activations): post-training
         # calibration on the first ``calibration_images`` training images; ``int8-qat``: quantization-aware
-        # fine-tuning of the fake-quantized detector, the same epochs and LR for both families; ``int8-qat+kd``:
+        # fine-tuning of the fake-quantized detector (BatchNorm statistics frozen: docs/decisions.md), the same
+        # epochs and LR for both families; ``int8-qat+kd``:
         # the same, distilled from the float model it starts from (``kd_teacher: source``) by the family's ``kd``
         # (its section's ``compression``: Hinton plus the family's detection feature term)
         "int8": {"calibration_images": 32, "reduce_range": False},
-        "int8-qat": {"calibration_images": 32, "reduce_range": False, "finetune_epochs": 4, "finetune_lr": 0.001},
+        "int8-qat": {"calibration_images": 32, "reduce_range": False, "finetune_epochs": 4, "finetune_lr": 0.001,
+                     "freeze_bn_stats": True},
         "int8-qat+kd": {"calibration_images": 32, "reduce_range": False, "finetune_epochs": 4, "finetune_lr": 0.001,
-                        "kd_teacher": "source"},
+                        "freeze_bn_stats": True, "kd_teacher": "source"},
         "fp16": {},
     },
     # the report: ``frontier`` adds FRONTIER.md (study.frontier_report: best model at each budget, differences with

@@ -211,19 +211,27 @@ def test_qat_with_distillation_trains_the_fake_quantized_detector_and_converts(f
     assert len(detections) == 2 and detections[0]["boxes"].shape[1] == 4
 
 
-@pytest.mark.parametrize("family", [
-    "faster_rcnn",
-    pytest.param("yolo", marks=pytest.mark.xfail(strict=True, reason=(
-        "after train-mode QAT steps the converted YOLO trunk departs from its fake-quantized graph (cosine 0.968 "
-        "measured; 0.99995 with no training step); cause not found yet, docs/quantization-notes.md")))])
+@pytest.mark.parametrize("family", ["faster_rcnn", "yolo"])
 def test_qat_converted_model_computes_what_the_fake_quantized_one_did(family):
-    """Conversion after QAT keeps the function of the fake-quantized model (eval mode, a fixed input); before any
-    training step that model is close to the float one."""
-    from methods.quantize_pt2e import convert_qat, prepare_qat
+    """With BatchNorm statistics frozen (the default), conversion after QAT steps keeps the function of the
+    fake-quantized model (eval mode, a fixed input); calibrated, that model is close to the float one; evaluation
+    does not move its scales, and ``.train()`` leaves its BatchNorm on running statistics."""
+    from methods.quantize_pt2e import convert_qat, prepare_qat, quantized_part
     model, x, _ = qat_case(family)
-    qat, _ = prepare_qat(model, x)
+    qat, info = prepare_qat(model, x)
+    assert info["freeze_bn_stats"]
+    graph = quantized_part(qat)[1]
+    stats = {k: v.clone() for k, v in graph.state_dict().items() if "running" in k}
+    assert stats
+    train_qat_steps(qat, x, steps=1, lr=0.0)  # observers calibrate on a training pass; nothing else moves
     qat.eval()
-    assert _feature_distance(family, model.eval(), qat, x) >= 0.99  # fake-quantized, untrained: close to float
+    assert _feature_distance(family, model.eval(), qat, x) >= 0.99  # fake-quantized: close to float
+    scales = {k: v.clone() for k, v in graph.state_dict().items() if k.endswith("scale")}
+    _feature_distance(family, model, qat, x)
+    assert all(torch.equal(v, graph.state_dict()[k]) for k, v in scales.items())  # eval passes do not calibrate
     train_qat_steps(qat, x)
+    assert all(torch.equal(v, graph.state_dict()[k]) for k, v in stats.items())  # frozen through train steps
     qat.eval()
-    assert _feature_distance(family, qat, convert_qat(qat), x, fake_quantized=True) >= 0.99
+    # measured 0.998 (Faster R-CNN, whose gap is there after calibration alone) and 0.9999 (YOLO); with BatchNorm
+    # statistics left to train, YOLO's was 0.968
+    assert _feature_distance(family, qat, convert_qat(qat), x, fake_quantized=True) >= 0.995
