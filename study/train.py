@@ -93,7 +93,11 @@ class WeightEMA:
         d = self.decay * (1 - math.exp(-self.updates / self.tau))
         source = model.state_dict()
         for name, value in self.model.state_dict().items():
-            if value.dtype.is_floating_point:
+            if value.shape != source[name].shape:  # a lazily shaped buffer (a QAT observer's per-channel scales)
+                parent, _, attr = name.rpartition(".")
+                owner = self.model.get_submodule(parent) if parent else self.model
+                setattr(owner, attr, source[name].detach().clone())
+            elif value.dtype.is_floating_point:
                 value.mul_(d).add_(source[name].detach(), alpha=1 - d)
 
 

@@ -48,8 +48,9 @@ def test_one_worker_per_gpu(monkeypatch):
 def test_parallel_study_rows_dependencies_and_deferred_latency(tmp_path):
     profile = small(detectors=["faster_rcnn", "yolo"], methods=["baseline", "hinton", "fitnets"],
                     distill={"fitnets": {"taps": ["c9"]}},  # Faster R-CNN's FitNets run fails: no such tap
-                    yolo={"compress": ["prune", "int8", "fp16"]}, faster_rcnn={"compress": ["int8"]},
-                    compression={"prune": {"finetune_epochs": 1}})
+                    yolo={"compress": ["prune", "int8", "int8-qat+kd", "fp16"], "compress_seeds": [0]},
+                    faster_rcnn={"compress": ["int8"]},
+                    compression={"prune": {"finetune_epochs": 1}, "int8-qat+kd": {"finetune_epochs": 1}})
     study = Study(profile, tmp_path, progress=False, log=lambda *_: None)
     plan = plan_runs(profile, study.data().name)
     rows = read_runs(study.run())
@@ -73,6 +74,8 @@ def test_parallel_study_rows_dependencies_and_deferred_latency(tmp_path):
     assert float(execution["wall_s"]) > 0
     int8 = next(r for r in rows if r["method"] == "int8" and r["detector"] == "yolo")
     assert json.loads(int8["details"])  # rebuilt from its saved state for the latency
+    qat = next(r for r in rows if r["method"] == "int8-qat+kd")  # YOLO QAT with KD (and ultralytics' EMA)
+    assert qat["status"] == "ok" and set(json.loads(qat["hparams"])["distill"]) == {"hinton", "cwd"}
 
 
 def test_killed_worker_is_replaced_and_its_run_retried(tmp_path):

@@ -85,3 +85,20 @@ def test_clipping_apart_keeps_the_detectors_own_gradient():
     torch.nn.utils.clip_grad_norm_([p], 10.0)
     shrink = 10.0 / float(torch.linalg.vector_norm(torch.tensor([3.0, 4.0, 1000.0])))
     assert torch.allclose(p.grad[:2], a[:2] * shrink, atol=1e-5) and p.grad[0] < 0.05
+
+
+def test_weight_ema_averages_floats_and_takes_a_buffer_whose_shape_changed():
+    """d = decay·(1 − exp(−n/tau)); at n = 1 with decay 0.5, tau = 1/ln 2: d = 0.5·(1 − 0.5) = 0.25."""
+    import math
+    from study.train import WeightEMA
+    model = torch.nn.Linear(1, 1, bias=False)
+    model.register_buffer("scale", torch.ones(1))  # as a QAT observer's, per-tensor until it has seen a batch
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema = WeightEMA(model, decay=0.5, tau=1 / math.log(2))
+    with torch.no_grad():
+        model.weight.fill_(5.0)
+    model.scale = torch.tensor([2.0, 3.0])  # now per channel
+    ema.update(model)
+    assert ema.model.weight.item() == pytest.approx(0.25 * 1.0 + 0.75 * 5.0)
+    assert ema.model.scale.tolist() == [2.0, 3.0]
