@@ -1,19 +1,23 @@
-"""Post-training static int8 on PyTorch's maintained path: torchao's PT2E flow with ``X86InductorQuantizer``.
+"""int8 on PyTorch's maintained path: torchao's PT2E flow with ``X86InductorQuantizer``, post-training and
+quantization-aware, and saving and loading the result.
 
-Flow: ``torch.export.export`` of the family's quantizable part, ``prepare_pt2e`` (BatchNorm folded into the
-convolutions, observers inserted), calibration passes, ``convert_pt2e`` (quantize/dequantize pairs around int8
-weights: a reference model that runs in eager mode at float speed). To run fast on x86, the converted graph is
-lowered: :func:`lower_x86` (torchao's ``lower_pt2e_quantized_to_x86``: freezing passes that fuse each
-dequantize-conv-quantize pattern into a oneDNN int8 convolution, no code generation) or ``torch.compile`` with
-inductor (the same fusions plus generated C++ for the rest; needs a C++ compiler).
+Post-training (:func:`quantize_int8_pt2e`): ``torch.export.export`` of the family's quantizable part,
+``prepare_pt2e`` (BatchNorm folded into the convolutions, observers inserted), calibration passes, ``convert_pt2e``
+(quantize/dequantize pairs around int8 weights: a reference model that runs in eager mode at float speed).
+Quantization-aware (:func:`prepare_qat`, then :func:`convert_qat`): a train-mode export, ``prepare_qat_pt2e``
+(fake quantization; BatchNorm statistics frozen by default), training as a module, ``convert_pt2e``. Saving
+(:func:`save_int8`, :func:`load_int8`): the int8 part as a ``torch.export`` program, the float rest as a state
+dict. To run fast on x86 in PyTorch, the converted graph is lowered: :func:`lower_x86` (torchao's
+``lower_pt2e_quantized_to_x86``: freezing passes that fuse each dequantize-conv-quantize pattern into a oneDNN int8
+convolution, no code generation) or ``torch.compile`` with inductor; ONNX Runtime runs its export as int8
+(:mod:`study.onnx_runtime`).
 
-What is quantized is what :mod:`methods.quantize` quantizes, found the same way: for Faster R-CNN and FCOS the
-family declaration's ``input`` module (:mod:`detectors`), the backbone (body + FPN), fed the transform's normalised
-batch; the RPN, RoI and dense heads stay float. For YOLO every layer before the Detect head
-(:class:`detectors.yolo.YOLOTrunk`; export handles C2f's ``chunk``, so no split is needed); the Detect head stays
-float. (The whole ``DetectionModel`` also exports and quantizes, but the lowering pass fails on the head's anchor
-decoding, a data-dependent ``.item()``.) SiLU has no int8 pattern in ``X86InductorQuantizer`` and runs in float
-between int8 convolutions.
+What is quantized (:func:`quantizable_part`): for Faster R-CNN and FCOS the family declaration's ``input`` module
+(:mod:`detectors`), the backbone (body + FPN), fed the transform's normalised batch; the RPN, RoI and dense heads
+stay float. For YOLO every layer before the Detect head (:class:`detectors.yolo.YOLOTrunk`; export handles C2f's
+``chunk``, so no split is needed); the Detect head stays float. (The whole ``DetectionModel`` also exports and
+quantizes, but the lowering pass fails on the head's anchor decoding, a data-dependent ``.item()``.) SiLU has no
+int8 pattern in ``X86InductorQuantizer`` and runs in float between int8 convolutions.
 
 Export modes. ``strict=True`` (TorchDynamo) names every call of a module apart. ``strict=False`` (the default of
 ``torch.export``) leaves ``source_fn_stack`` empty, and torch's fallback then puts every call of a module used
