@@ -159,7 +159,12 @@ def prepare_qat_module(module: torch.nn.Module, example: torch.Tensor, strict: b
     prepared.freeze_bn_stats = freeze_bn_stats
     move_exported_model_to_eval(prepared)
     prepared.train = types.MethodType(_qat_mode, prepared)
+    prepared.eval = types.MethodType(_qat_eval, prepared)
     return prepared.train()
+
+
+def _qat_eval(self):
+    return self.train(False)
 
 
 def _qat_mode(self, mode: bool = True):

@@ -224,6 +224,7 @@ def test_qat_converted_model_computes_what_the_fake_quantized_one_did(family):
     stats = {k: v.clone() for k, v in graph.state_dict().items() if "running" in k}
     assert stats
     train_qat_steps(qat, x, steps=1, lr=0.0)  # observers calibrate on a training pass; nothing else moves
+    assert graph.eval() is graph and not graph.training  # the graph's own eval() and train() work too
     qat.eval()
     assert _feature_distance(family, model.eval(), qat, x) >= 0.99  # fake-quantized: close to float
     scales = {k: v.clone() for k, v in graph.state_dict().items() if k.endswith("scale")}
