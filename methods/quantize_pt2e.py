@@ -204,17 +204,11 @@ def lower_x86(converted: torch.fx.GraphModule, example: torch.Tensor) -> torch.f
 def lowered(qmodel: torch.nn.Module, image: torch.Tensor) -> torch.nn.Module:
     """A copy of a model made here whose int8 graph is lowered to oneDNN int8 kernels (:func:`lower_x86`) for one
     (3, H, W) image at a time: the fast eager-mode form of the same int8 model, for timing."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
     qmodel = copy.deepcopy(qmodel).cpu().eval()
     name, graph = quantized_part(qmodel)
-    example = _batches(qmodel, image[None], 1)[0]
-    from torchao.quantization.pt2e import allow_exported_model_train_eval
-    fast = allow_exported_model_train_eval(lower_x86(graph, example))
-    parent, _, attr = name.rpartition(".")
-    for key in ("body_channels", "out_channels"):
-        if hasattr(graph, key):
-            setattr(fast, key, getattr(graph, key))
-    setattr(module_at(qmodel, parent) if parent else qmodel, attr, fast)
-    return qmodel
+    fast = allow_exported_model_train_eval(lower_x86(graph, _batches(qmodel, image[None], 1)[0]))
+    return _with_part(qmodel, name, graph, fast).eval()
 
 
 def quantizable_part(model: torch.nn.Module) -> tuple[str, torch.nn.Module]:
@@ -249,17 +243,15 @@ class Int8YOLOModel(torch.nn.Module):
         return self.model[-1](self.trunk(x))
 
 
-def _with_part(qmodel: torch.nn.Module, name: str, part: torch.nn.Module | None, graph: torch.nn.Module
-               ) -> torch.nn.Module:
-    """``qmodel`` (a copy) with ``graph`` in place of its quantizable part ``name`` (YOLO: a detector over an
-    :class:`methods.quantize.Int8YOLOModel` of the graph and the float Detect head)."""
+def _with_part(qmodel: torch.nn.Module, name: str, part: torch.nn.Module, graph: torch.nn.Module) -> torch.nn.Module:
+    """``qmodel`` (a copy) with ``graph`` in place of its part ``part`` at ``name`` (YOLO: a detector over an
+    :class:`Int8YOLOModel` of the graph and the float Detect head)."""
     if family_of(qmodel) == "yolo":
         from detectors.yolo import YOLODetector
         return YOLODetector(Int8YOLOModel(graph, qmodel.detect), qmodel.hyp)
     for attr in ("body_channels", "out_channels"):  # what the family's tap_channels and heads read
-        source = part if part is not None else module_at(qmodel, name)
-        if hasattr(source, attr):
-            setattr(graph, attr, getattr(source, attr))
+        if hasattr(part, attr):
+            setattr(graph, attr, getattr(part, attr))
     parent, _, attr = name.rpartition(".")
     setattr(module_at(qmodel, parent) if parent else qmodel, attr, graph)
     return qmodel

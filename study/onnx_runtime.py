@@ -16,17 +16,14 @@ through ``onnxruntime.quantization``, and CPU latency at batch 1.
 - Int8: ``quantize_static`` in QDQ format (QuantizeLinear/DequantizeLinear pairs that ONNX Runtime fuses into int8
   kernels), per-channel weights by default, activations calibrated (min-max) by a data reader over a few images.
   ``quant_pre_process`` (shape inference, graph optimisation) runs first, as ONNX Runtime recommends.
-- Latency: ONNX Runtime's CPU provider, ``intra_op_num_threads`` fixed, one inter-op thread, batch 1; sessions are
-  timed together in interleaved rounds (each round visits every session in a fresh random order and times each
-  input once), as :func:`study.cost.interleaved_latency` times PyTorch models; median and interquartile range.
+- Latency: ONNX Runtime's CPU provider, ``intra_op_num_threads`` fixed, one inter-op thread, batch 1; an
+  :class:`OrtDetector` is called like the PyTorch model, so :func:`study.cost.interleaved_latency` times both in
+  the same interleaved rounds.
 """
 from __future__ import annotations
 
 import contextlib
-import random
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -134,32 +131,6 @@ def session(path: Path | str, threads: int = 1):
 def run(sess, x: torch.Tensor) -> list[np.ndarray]:
     """The session's outputs for the input ``x``."""
     return sess.run(None, {sess.get_inputs()[0].name: x.float().numpy()})
-
-
-def interleaved_ort_latency(sessions: dict, inputs: list[torch.Tensor], cfg: dict, seed: int = 0) -> dict:
-    """Latency of every ONNX Runtime session in ``sessions`` (key -> session): ``cfg["warmup"]`` untimed runs per
-    session, then ``cfg["rounds"]`` rounds, each visiting the sessions in a random order (from ``seed``) and timing
-    one run of each of ``inputs``. Returns key -> {"cpu_ms": median, "cpu_ms_iqr": 75th - 25th percentile}.
-    Thread counts are the sessions' own (:func:`session`)."""
-    feeds = {key: [{s.get_inputs()[0].name: x.float().numpy()} for x in inputs] for key, s in sessions.items()}
-    for key, s in sessions.items():
-        for _ in range(cfg["warmup"]):
-            s.run(None, feeds[key][0])
-    times: dict = {key: [] for key in sessions}
-    order = list(sessions)
-    rng = random.Random(seed)
-    for _ in range(cfg["rounds"]):
-        rng.shuffle(order)
-        for key in order:
-            for feed in feeds[key]:
-                start = time.perf_counter()
-                sessions[key].run(None, feed)
-                times[key].append((time.perf_counter() - start) * 1000)
-    out = {}
-    for key, values in times.items():
-        q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
-        out[key] = {"cpu_ms": statistics.median(values), "cpu_ms_iqr": q3 - q1}
-    return out
 
 
 # ---------------------------------------------------------------- whole detectors

@@ -10,8 +10,7 @@ pytest.importorskip("onnxruntime.quantization")
 
 from detectors.faster_rcnn import build_faster_rcnn  # noqa: E402
 from helpers import SMALL, one_thread  # noqa: E402
-from study.onnx_runtime import (compare, export_onnx, interleaved_ort_latency, onnx_part,  # noqa: E402
-                                quantize_onnx_int8, run, session)
+from study.onnx_runtime import compare, export_onnx, onnx_part, quantize_onnx_int8, run, session  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +28,7 @@ def images(n=8, h=64, w=96):
     return torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(5))
 
 
-def test_backbone_exports_quantizes_and_is_timed(tmp_path):
+def test_backbone_exports_and_quantizes_in_onnx_runtime(tmp_path):
     model = tiny()
     part, x = onnx_part(model, images())
     with torch.no_grad():
@@ -39,9 +38,6 @@ def test_backbone_exports_quantizes_and_is_timed(tmp_path):
     int8 = quantize_onnx_int8(fp32, tmp_path / "int8.onnx", x)
     assert compare(ref, run(session(int8), x[:1]))["cosine"] >= 0.99
     assert int8.stat().st_size < 0.5 * fp32.stat().st_size
-    latency = interleaved_ort_latency({"fp32": session(fp32), "int8": session(int8)}, [x[:1], x[1:2]],
-                                      {"warmup": 1, "rounds": 2})
-    assert set(latency) == {"fp32", "int8"} and all(v["cpu_ms"] > 0 for v in latency.values())
 
 
 def tiny_of(family):
@@ -64,6 +60,7 @@ def test_whole_detector_in_onnx_runtime_detects_what_pytorch_does(family, precis
     pytest.importorskip("torchao.quantization.pt2e.quantize_pt2e")
     import onnx
     from methods.quantize_pt2e import quantize_int8_pt2e
+    from study.cost import interleaved_latency
     from study.onnx_runtime import ort_detector
     model = tiny_of(family)
     x = images(4, 64, 64 if family == "yolo" else 96)
@@ -79,6 +76,9 @@ def test_whole_detector_in_onnx_runtime_detects_what_pytorch_does(family, precis
         assert torch.equal(o["labels"], r["labels"])
     types = {init.data_type for init in onnx.load(str(tmp_path / "model.onnx")).graph.initializer}
     assert (onnx.TensorProto.INT8 in types) == (precision == "int8")
+    timed = interleaved_latency({"onnxruntime": detector, "eager": model}, list(x[1:3]),
+                                {"threads": 1, "warmup": 1, "rounds": 2})  # called alike, timed in the same rounds
+    assert all(t["cpu_ms"] > 0 for t in timed.values())
 
 
 def test_yolo_trunk_exports_with_both_exporters(tmp_path):

@@ -3,6 +3,7 @@ graph, full detectors still detecting. Skipped where torchao is not installed.""
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -64,6 +65,13 @@ def test_faster_rcnn_backbone_int8_is_close_runs_any_batch_and_lowers():
 
 
 def briefly_trained_yolo():
+    """A fresh copy of :func:`_briefly_trained_yolo`'s model (trained once per test session), and its images."""
+    model, x = _briefly_trained_yolo()
+    return copy.deepcopy(model), x.clone()
+
+
+@functools.lru_cache(maxsize=1)
+def _briefly_trained_yolo():
     """yolov8p after 10 SGD steps on 8 bundled BCCD images at 64 px: an untrained ultralytics model's features
     are noise of shrinking scale."""
     from detectors.yolo import build_yolo
