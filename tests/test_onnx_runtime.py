@@ -1,16 +1,13 @@
 """ONNX export and ONNX Runtime int8 of tiny detectors: outputs match PyTorch, static int8 stays close and is
-smaller, latency is measured. Skipped where onnx or onnxruntime is not installed."""
+smaller; whole detectors (fp32 and PT2E int8) detect in ONNX Runtime what they detect in PyTorch."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime.quantization")
-
-from detectors.faster_rcnn import build_faster_rcnn  # noqa: E402
-from helpers import SMALL, one_thread  # noqa: E402
-from study.onnx_runtime import compare, export_onnx, onnx_part, quantize_onnx_int8, run, session  # noqa: E402
+from detectors.faster_rcnn import build_faster_rcnn
+from helpers import SMALL, one_thread
+from study.onnx_runtime import compare, export_onnx, onnx_part, quantize_onnx_int8, run, session
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +54,6 @@ def test_whole_detector_in_onnx_runtime_detects_what_pytorch_does(family, precis
     """The whole detector (Faster R-CNN and FCOS with NMS; YOLO's network, NMS after) exported on one image, and
     on two others ONNX Runtime's detections are PyTorch's: the float model, and the PT2E int8 one whose int8 graph
     exports as QuantizeLinear/DequantizeLinear (int8 weights in the file)."""
-    pytest.importorskip("torchao.quantization.pt2e.quantize_pt2e")
     import onnx
     from methods.quantize_pt2e import quantize_int8_pt2e
     from study.cost import interleaved_latency
@@ -82,7 +78,6 @@ def test_whole_detector_in_onnx_runtime_detects_what_pytorch_does(family, precis
 
 
 def test_yolo_trunk_exports_with_both_exporters(tmp_path):
-    pytest.importorskip("onnxscript")
     from detectors.yolo import build_yolo
     torch.manual_seed(0)
     model = build_yolo("yolov8p", 3).eval()

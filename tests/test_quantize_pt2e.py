@@ -1,5 +1,5 @@
 """PT2E (torchao) int8 of tiny detectors: non-strict export of modules called twice, close outputs, the lowered
-graph, full detectors still detecting. Skipped where torchao is not installed."""
+graph, full detectors still detecting; QAT with distillation, conversion, saving and loading."""
 from __future__ import annotations
 
 import copy
@@ -9,11 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("torchao.quantization.pt2e.quantize_pt2e")
-
-from detectors.faster_rcnn import build_faster_rcnn  # noqa: E402
-from methods.quantize_pt2e import lower_x86, quantize_int8_pt2e, quantize_module, split_repeated_calls  # noqa: E402
-from helpers import SMALL, one_thread  # noqa: E402
+from detectors.faster_rcnn import build_faster_rcnn
+from methods.quantize_pt2e import lower_x86, quantize_int8_pt2e, quantize_module, split_repeated_calls
+from helpers import SMALL, one_thread
 
 
 @pytest.fixture(autouse=True)
