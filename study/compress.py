@@ -35,7 +35,7 @@ def prune(study, spec, model: torch.nn.Module, run_dir: Path, image: torch.Tenso
     """Structured pruning of the backbone to the FLOPs target, fine-tuned (plainly or distilled from the unpruned
     teacher); ``iterative_steps`` > 1 prunes a share, fine-tunes, and repeats."""
     cfg = spec.hparams["compress"]
-    test_set, classes = study.image_set("test"), study.data().class_names
+    classes = study.data().class_names
     train_set = study.image_set("train")
     batch = train_set.images[:spec.hparams["train"]["batch_size"]].float().div(255)
     targets = [{"boxes": train_set.boxes[i], "labels": train_set.labels[i]} for i in range(len(batch))]
@@ -52,11 +52,9 @@ def prune(study, spec, model: torch.nn.Module, run_dir: Path, image: torch.Tenso
         torch.manual_seed(spec.seed + k - 1)  # the random criterion
         step = prune_backbone(model, image, cfg["criterion"], reduction, cfg.get("channel_ratio"), cfg["global"],
                               loss_fn=loss_fn, round_to=cfg.get("round_to"))
-        if study.val_only:  # a design pilot never touches the test split
-            step["val_map_before_finetune"] = evaluate(model.to(study.device), study.image_set("val"), classes,
-                                                       study.device)["map"]
-        else:
-            step["map_before_finetune"] = evaluate(model.to(study.device), test_set, classes, study.device)["map"]
+        # a design pilot never touches the test split
+        key, split = ("val_map_before_finetune", "val") if study.val_only else ("map_before_finetune", "test")
+        step[key] = evaluate(model.to(study.device), study.image_set(split), classes, study.device)["map"]
         epochs = max(1, cfg["finetune_epochs"] // steps + (k <= cfg["finetune_epochs"] % steps))
         model, results["adapter_params"], result = study.train_run(spec, run_dir, model=model, epochs=epochs,
                                                                    train_cfg=finetune)
