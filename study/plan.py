@@ -37,6 +37,18 @@ class RunSpec:
         return [r for r in (self.hparams.get("teacher_run"), self.hparams.get("source_run")) if r]
 
 
+ID_SCHEME = 1
+"""How run ids are made (each row records it in ``id_scheme``): ``{detector}-{backbone}-{method}-s{seed}-{digest}``,
+the digest the first 8 hex digits of the SHA-1 of the hparams' JSON (sorted keys), the hparams leaving out a setting
+of :data:`LATER_SETTINGS` at its earlier behaviour. A version that makes ids another way bumps it, and a study
+refuses a runs.csv whose rows were identified under another scheme (:meth:`study.runner.Study.check_id_scheme`):
+planned again under new ids, its rows would be retired as superseded and their runs trained again."""
+
+# settings added after results were committed, with the value that behaves as before they existed: a run's hparams
+# leave them out at that value, so adding a setting does not change the ids of the runs made before it
+LATER_SETTINGS = {"bf16_on_cpu": False}
+
+
 def make_run_id(detector: str, backbone: str, method: str, seed: int, hparams: dict) -> str:
     digest = hashlib.sha1(json.dumps(hparams, sort_keys=True).encode()).hexdigest()[:8]
     return f"{detector}-{backbone}-{method.replace('+', '_')}-s{seed}-{digest}"
@@ -62,9 +74,9 @@ def _role_name(role: dict) -> str:
 
 
 def run_train(train: dict) -> dict:
-    """A run's training settings as kept in its hparams: ``bf16_on_cpu`` only where true (the key is newer than
-    most committed runs, all fp32, whose run ids stay as they were)."""
-    return {k: v for k, v in train.items() if k != "bf16_on_cpu" or v}
+    """A run's training settings as kept in its hparams: those of :data:`LATER_SETTINGS` only where they differ from
+    their earlier behaviour."""
+    return {k: v for k, v in train.items() if k not in LATER_SETTINGS or v != LATER_SETTINGS[k]}
 
 
 def teacher_of(profile: dict, seed: int, seeds: list[int] | None = None,

@@ -29,7 +29,7 @@ from study.data import DetectionData
 from study.errors import StudyError
 from study.images import ImageSet
 from study.parallel import run_parallel, worker_count
-from study.plan import RunSpec, plan_detector, plan_runs
+from study.plan import ID_SCHEME, RunSpec, plan_detector, plan_runs
 from study.progress import Progress
 from study.store import append_execution, cell, read_runs, retire_superseded, reuse_runs, upsert_run
 from study.workspace import Workspace, build_model  # noqa: F401 - build_model: imported from here by the bench
@@ -143,7 +143,7 @@ class Study:
         return {"run_id": spec.run_id, "profile": self.profile["name"], "dataset": self.data().name,
                 "detector": spec.detector, "backbone": spec.backbone, "method": spec.method,
                 "hparams": json.dumps(spec.hparams, sort_keys=True), "seed": spec.seed,
-                "device": describe_device(self.device)}
+                "device": describe_device(self.device), "id_scheme": ID_SCHEME}
 
     def run_one(self, spec: RunSpec, label: str = "") -> dict:
         """Execute one run and return its ``runs.csv`` row: ok with its results, or failed with the reason (the
@@ -250,12 +250,22 @@ class Study:
                              "depend on its thread count; resume with the same workers and threads_per_worker, or "
                              "into another folder")
 
+    def check_id_scheme(self) -> None:
+        """Refuse a runs.csv with rows identified under another run-id scheme than this version's
+        (:data:`study.plan.ID_SCHEME`): planned under new ids, they would be retired and their runs trained again."""
+        other = [r for r in read_runs(self.runs_csv) if (r.get("id_scheme") or "1") != str(ID_SCHEME)]
+        if other:
+            raise StudyError(f"{self.runs_csv}: {len(other)} row(s) have run ids of scheme {other[0].get('id_scheme')} "
+                             f"(e.g. {other[0]['run_id']}) and this version makes scheme {ID_SCHEME} ids: resume with "
+                             "the version that made them, or into another folder")
+
     def run(self, specs: list[RunSpec] | None = None, tuned: dict[str, dict] | None = None,
             time_latency: bool = True) -> Path:
         """Run ``specs`` (default: the profile's plan, with ``tuned`` hyperparameters where given), then time every
         model that lacks a latency (unless ``time_latency`` is False: the caller is not alone on the machine)."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         specs = specs if specs is not None else self.planned(tuned)
+        self.check_id_scheme()
         retired = retire_superseded(self.runs_csv, {cell(vars(s) | {"dataset": self.data().name}): s.run_id
                                                     for s in specs})
         if retired:

@@ -20,7 +20,8 @@ COLUMNS = ["run_id", "profile", "dataset", "detector", "backbone", "method", "hp
            "train_s", "wall_s", "device", "status", "error", "details",
            # the latency pass's runtime (study.latency_pass): ``cpu_ms`` is that runtime's; with ONNX Runtime, PyTorch
            # eager's beside it, the exported model's size and its test mAP (the export check)
-           "runtime", "eager_ms", "onnx_mb", "onnx_map"]
+           "runtime", "eager_ms", "onnx_mb", "onnx_map",
+           "id_scheme"]  # how the run id was made (study.plan.ID_SCHEME; empty in rows from before it: scheme 1)
 
 
 def val_curve(history: list[dict]) -> str:

@@ -66,3 +66,33 @@ def test_resuming_on_another_thread_count_is_refused(tmp_path, monkeypatch):
     with pytest.raises(StudyError, match=r"1 finished run\(s\) of this plan trained on 2 thread\(s\) per run .* "
                                          r"this execution would train on 1"):
         study.run()
+
+
+def test_a_runs_csv_of_another_run_id_scheme_is_refused_before_any_row_is_retired(tmp_path, monkeypatch):
+    """Rows whose ids were made under another scheme would not match the plan's ids: the study says so instead of
+    moving them to superseded.csv and training their runs again; rows without the column are scheme 1."""
+    import pytest
+
+    from study.defaults import load_profile
+    from study.errors import StudyError
+    from study.plan import ID_SCHEME
+    from study.runner import Study
+    from study.store import read_runs, upsert_run
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text("detectors: [faster_rcnn]\nimage_size: 64\nmax_train_images: 4\nmax_eval_images: 2\n"
+                       "seeds: [0]\nteacher_seeds: [0]\nmethods: [baseline]\nexecution: {workers: 1}\n")
+    study = Study(load_profile(str(profile)), tmp_path / "out", progress=False, log=lambda *_: None)
+    first = study.planned()[0]
+    assert ID_SCHEME == 1 and study.row_of(first)["id_scheme"] == 1
+    study.out_dir.mkdir(parents=True)
+    upsert_run(study.runs_csv, study.row_of(first) | {"run_id": first.run_id[:-8] + "0" * 8, "id_scheme": 2,
+                                                      "status": "ok"})
+    before = study.runs_csv.read_text()
+    monkeypatch.setattr(Study, "execute", lambda self, spec: pytest.fail("trained a run"))
+    with pytest.raises(StudyError, match=r"runs.csv: 1 row\(s\) have run ids of scheme 2 .* this version makes "
+                                         r"scheme 1 ids"):
+        study.run()
+    assert study.runs_csv.read_text() == before and not (study.out_dir / "superseded.csv").exists()
+    upsert_run(study.runs_csv, read_runs(study.runs_csv)[0] | {"id_scheme": ""})  # a row from before the column
+    study.check_id_scheme()

@@ -71,8 +71,11 @@ def test_profiles_still_plan_their_committed_runs(name, folder):
     assert planned <= committed, sorted(planned - committed)[:3]
 
 
-def test_bf16_on_cpu_is_in_a_runs_hparams_only_when_true():
-    from study.plan import plan_runs
+def test_a_later_setting_is_in_a_runs_hparams_only_away_from_its_earlier_behaviour():
+    from study.plan import LATER_SETTINGS, plan_runs, run_train
+    assert LATER_SETTINGS == {"bf16_on_cpu": False}
+    assert run_train({"lr": 0.1, "bf16_on_cpu": False}) == {"lr": 0.1}
+    assert run_train({"lr": 0.1, "bf16_on_cpu": True}) == {"lr": 0.1, "bf16_on_cpu": True}
     on = plan_runs(load_profile("default"), "bccd")
     off = plan_runs(load_profile("yolo"), "bccd")  # trained fp32
     assert all(s.hparams["train"]["bf16_on_cpu"] is True for s in on)
