@@ -33,10 +33,14 @@ def _save(fig, out: Path, stem: str) -> str:
     return f"{stem}.png"
 
 
-def accuracy_vs_cost(groups: list[Group], out: Path, column: str, xlabel: str, stem: str, log_x: bool) -> str:
-    """One point per (detector, backbone, method): the colour names the model, the marker the method."""
-    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+def accuracy_vs_cost(groups: list[Group], out: Path, column: str, xlabel: str, stem: str, log_x: bool
+                     ) -> str | None:
+    """One point per (detector, backbone, method): the colour names the model, the marker the method (None where
+    no group has ``column``)."""
     shown = [g for g in groups if g.ok and g.mean(column) is not None and g.mean("map") is not None]
+    if not shown:
+        return None
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     scale = 1e-6 if column == "params" else 1.0
     models = list(dict.fromkeys((g.detector, g.backbone) for g in shown))
     methods = list(dict.fromkeys(g.method for g in shown))
@@ -118,5 +122,8 @@ def training_curves(groups: list[Group], runs_dir: Path, out: Path) -> str | Non
 def write_figures(groups: list[Group], rows: list[dict], runs_dir: Path, out: Path) -> list[str]:
     names = [accuracy_vs_cost(groups, out, "params", "parameters (M, log scale)", "map_vs_params", True),
              accuracy_vs_cost(groups, out, "gflops", "GFLOPs per image (2 × GMACs)", "map_vs_gflops", False),
+             # where pruning and int8 move: size on disk and measured latency
+             accuracy_vs_cost(groups, out, "size_mb", "size on disk (MB, log scale)", "map_vs_size", True),
+             accuracy_vs_cost(groups, out, "cpu_ms", "CPU latency (ms per image, batch 1)", "map_vs_latency", False),
              per_class_ap(groups, out), training_curves(groups, runs_dir, out)]
     return [n for n in names if n]

@@ -96,7 +96,7 @@ def test_written_tables_figures_and_report(runs_csv, tmp_path):
     tex = (out / "table.tex").read_text()
     assert "\\toprule" in tex and "\\textbf{0.450 $\\pm$ 0.026}" in tex
     assert "TrainingDiverged" in report  # failed runs are listed with their reason
-    for name in ("map_vs_params", "map_vs_gflops", "per_class_ap"):
+    for name in ("map_vs_params", "map_vs_gflops", "map_vs_size", "map_vs_latency", "per_class_ap"):
         assert (out / f"{name}.png").stat().st_size > 5000 and (out / f"{name}.pdf").stat().st_size > 1000
 
 
