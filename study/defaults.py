@@ -94,6 +94,12 @@ DEFAULTS: dict = {
         # iterative: prune a quarter of the FLOPs, fine-tune 2 epochs, prune the next quarter, fine-tune 2 epochs
         "prune-iterative": {"criterion": "l1", "flops_reduction": 0.5, "global": False, "finetune_epochs": 4,
                             "finetune_lr": 0.005, "iterative_steps": 2},
+        # the frontier's pruning grid (results/frontier/PLAN.md): 30%, 50% and 70% fewer FLOPs of the whole
+        # detector, fine-tuned 8 epochs, plainly and with Hinton KD from the unpruned teacher
+        **{f"prune-{r}{kd}": {"criterion": "l1", "flops_reduction": r / 100, "global": False, "finetune_epochs": 8,
+                              "finetune_lr": 0.005, **({"kd": {"hinton": {"weight": 1.0, "temperature": 4.0}}}
+                                                       if kd else {})}
+           for r in (30, 50, 70) for kd in ("", "+kd")},
         # int8 (torchao PT2E, X86InductorQuantizer: per-channel weights, histogram-observed activations): post-training
         # calibration on the first ``calibration_images`` training images; ``int8-qat``: quantization-aware
         # fine-tuning of the fake-quantized detector (BatchNorm statistics frozen: docs/decisions.md), the same
