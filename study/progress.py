@@ -4,8 +4,10 @@ run (reads well in a log).
 The estimate comes from the epoch times the study has measured so far: each finished run gives seconds per
 epoch (its ``train_s`` over its epochs) for its kind, (detector, backbone, distilled or not); a run still to do
 costs its epochs times its kind's rate, or the mean rate of its detector's measured kinds where its own kind has
-not run yet (distillation adds the teacher's cost, so a distilled kind never borrows a plain one's rate alone);
-runs that train nothing (int8, fp16) count as one epoch. The sum is divided by the number of runs at once.
+not run yet (distillation adds the teacher's cost, so a distilled kind never borrows a plain one's rate alone: it
+takes its backbone's plain rate times the distilled-over-plain ratio measured on another backbone, or
+:data:`DISTILLED_OVER_PLAIN` before any), else the mean rate of its detector's measured kinds; runs that train
+nothing (int8, fp16) count as one epoch. The sum is divided by the number of runs at once.
 """
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ import statistics
 import time
 
 from study.plan import RunSpec
+
+
+DISTILLED_OVER_PLAIN = 2.0  # a distilled epoch in plain epochs, until the study has measured one (docs/decisions.md)
 
 
 def epochs_of(spec_or_hparams) -> int:
@@ -46,6 +51,11 @@ def seconds_left(todo: list[RunSpec], measured: dict[tuple, float], workers: int
     for spec in todo:
         key = kind_of(spec.detector, spec.backbone, spec.hparams)
         rate = measured.get(key)
+        plain = measured.get((key[0], key[1], False))
+        if rate is None and key[2] and plain is not None:
+            ratios = [v / measured[(k[0], k[1], False)] for k, v in measured.items()
+                      if k[0] == key[0] and k[2] and (k[0], k[1], False) in measured]
+            rate = plain * (statistics.fmean(ratios) if ratios else DISTILLED_OVER_PLAIN)
         if rate is None:
             same = [v for k, v in measured.items() if k[0] == spec.detector and k[2] == key[2]]
             same = same or [v for k, v in measured.items() if k[0] == spec.detector]

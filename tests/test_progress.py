@@ -32,6 +32,16 @@ def test_rates_and_time_left_by_hand():
     assert seconds_left([spec("yolov8p", 30, detector="yolo")], measured, 1) is None  # no YOLO rate yet
 
 
+def test_a_distilled_kind_not_yet_run_costs_its_plain_rate_times_the_distilled_ratio():
+    from study.progress import DISTILLED_OVER_PLAIN
+    hinton = spec("shallow", 64, True)
+    measured = rates([row(spec("resnet50", 40), 1200.0), row(spec("shallow", 64), 320.0)])  # 30 and 5 s an epoch
+    # no distilled run yet: 64 epochs x 5 s x the prior 2.0 (the teacher's 30 s an epoch is not averaged in)
+    assert DISTILLED_OVER_PLAIN == 2.0 and seconds_left([hinton], measured, 1) == pytest.approx(640.0)
+    measured |= rates([row(spec("shallow-s", 10), 20.0), row(spec("shallow-s", 10, True), 30.0)])  # 2 and 3 s
+    assert seconds_left([hinton], measured, 1) == pytest.approx(64 * 5 * 1.5)  # the ratio measured on shallow-s
+
+
 def test_progress_logs_one_line_per_finished_run():
     lines = []
     todo = [spec("shallow", 10), spec("shallow", 20)]
