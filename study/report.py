@@ -122,10 +122,13 @@ def table_rows(groups: list[Group], all_rows: list[dict] | None = None) -> list[
     rival = {(g.detector, g.backbone.removesuffix(RIVAL_SUFFIX), g.method): g for g in groups
              if g.backbone.endswith(RIVAL_SUFFIX)}
     teacher_models = {(g.detector, g.backbone) for g in groups if g.method == "teacher"}
+    maps = {r["run_id"]: r.get("map") for r in (all_rows or [r for g in groups for r in g.ok])
+            if r.get("status") == "ok"}
     rows = []
     for g in groups:
-        role = ("teacher" if g.method == "teacher" else "compressed" if (g.detector, g.backbone) in teacher_models
-                else "student")
+        sources = _sources(g)  # a compressed model's reference is the run it was made from
+        role = ("teacher" if g.method == "teacher" else "compressed" if sources or (g.detector, g.backbone)
+                in teacher_models else "student")
         row = {"detector": g.detector, "backbone": g.backbone, "method": g.method, "role": role, "seeds": len(g.ok),
                "failed": len(g.failed), "late_peaks": late_peaks(g), "late_gains": late_gains(g),
                "cpu_ms_spread": latency_spread(g), "val_map": g.mean("val_map"), "val_map_std": g.std("val_map"),
@@ -137,7 +140,12 @@ def table_rows(groups: list[Group], all_rows: list[dict] | None = None) -> list[
             row[col], row[col + "_std"] = g.mean(col), g.std(col)
         base = baselines.get((g.detector, g.backbone))
         row["delta"] = row["delta_pct"] = row["exceeds_spread"] = None
-        if base is not None and g.method not in ("baseline", "teacher") and g.ok and base.ok:
+        source_maps = [float(maps[r]) for r in sources if maps.get(r) not in (None, "")]
+        if sources and g.ok and source_maps:  # against the mean of its source runs, not paired by seed
+            ref = statistics.fmean(source_maps)
+            row["delta"] = (row["map"] - ref) * 100
+            row["delta_pct"] = (row["map"] / ref - 1) * 100 if ref else None
+        elif base is not None and g.method not in ("baseline", "teacher") and g.ok and base.ok and not sources:
             row["delta"] = (row["map"] - base.mean("map")) * 100  # mAP points
             row["delta_pct"] = (row["map"] / base.mean("map") - 1) * 100 if base.mean("map") else None
             if len(g.ok) > 1 and len(base.ok) > 1:  # a spread needs at least two seeds on both sides
@@ -153,6 +161,12 @@ def table_rows(groups: list[Group], all_rows: list[dict] | None = None) -> list[
         rows.append(row)
     adjust_holm(rows)
     return rows
+
+
+def _sources(g: Group) -> set[str]:
+    """The run ids a group's compressed models were made from (their hparams' ``source_run``; empty for a trained
+    row)."""
+    return {json.loads(r.get("hparams") or "{}").get("source_run") for r in g.ok + g.failed} - {None}
 
 
 def _best(rows: list[dict], col: str, higher: bool):
@@ -388,7 +402,7 @@ def render_report_md(report: dict, figures: list[str]) -> str:
              "order, over several test images), ± its spread (the larger of the runs' mean interquartile range and "
              "the range of their medians); a latency is bold only when it beats the next row by more than both "
              "spreads; Δ is against the same detector and backbone's `baseline` (for a compressed "
-             "teacher: against the teacher).", "",
+             "model: against the mean of the runs it was made from).", "",
              "## Main table", "", markdown_table(rows)]
     if against_base:
         lines += ["## Against baseline (paired over teacher × seed cells)", "",

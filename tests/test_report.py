@@ -178,3 +178,19 @@ def test_late_gains_and_peaks_from_the_stored_validation_curve(tmp_path):
     report = write_report(path, tmp_path / "out").read_text()
     assert "| 2 of 3 | +0.0 [-4.0, +3.0] |" in report
     assert "## Against baseline" not in report  # only baseline rows: nothing to pair, no empty table
+
+
+def test_a_compressed_model_is_compared_with_the_run_it_was_made_from_not_paired_with_baseline():
+    """int8 of a Hinton student (seed 0) shares the student's backbone; its reference is its source run (0.52),
+    not the student trained alone, and it enters no paired comparison or Holm family."""
+    def row(run_id, method, seed, m, **hp):
+        return {"run_id": run_id, "dataset": "toy", "detector": "faster_rcnn", "backbone": "shallow",
+                "method": method, "seed": seed, "status": "ok", "map": m, "hparams": json.dumps(hp)}
+    runs = [row("b0", "baseline", 0, 0.50), row("b1", "baseline", 1, 0.48),
+            row("h0", "hinton", 0, 0.52), row("h1", "hinton", 1, 0.51),
+            row("q0", "int8", 0, 0.515, source_run="h0")]
+    by_method = {r["method"]: r for r in table_rows(group_runs(runs), runs)}
+    assert by_method["int8"]["role"] == "compressed"
+    assert by_method["int8"]["delta"] == pytest.approx(-0.5)  # 0.515 - 0.52, in points
+    assert "paired" not in by_method["int8"] and "paired_long" not in by_method["int8"]
+    assert by_method["hinton"]["paired"]["family"] == 1  # Holm over the student comparisons only
