@@ -1,6 +1,6 @@
 """Detector families: builders, and what each family exposes to the methods as a declaration (``FAMILY`` in its
 module): its name; its taps (the module holding each, in its output dict or as its n-th input, and its stride); the
-module whose input is the network's input; where its class logits are (RoI head, or dense logits); the channels of
+module whose input is the network's input (and the heads int8 covers beside it); where its class logits are (RoI head, or dense logits); the channels of
 each tap of a built model; the frozen teacher's feature pass; its anchors (FGFI); and what pruning traces and keeps.
 Methods read these declarations (``methods.distill``, ``methods.prune``, ``methods.quantize``); no method guesses a
 family from class names.

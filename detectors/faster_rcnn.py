@@ -146,6 +146,7 @@ def rpn_anchors(model: nn.Module, tap: str, h: int, w: int, stride: float) -> to
 FAMILY = {
     "name": "faster_rcnn",
     "input": "backbone",  # the module whose first input is the normalised image batch
+    "int8_heads": ("roi_heads.box_head",),  # int8 beside the input part, on its own inputs (methods.quantize_pt2e)
     "taps": TORCHVISION_TAPS,  # each tap is the key of the same name in its module's output dict
     "roi": {"pool": "roi_heads.box_roi_pool", "head": "roi_heads.box_head", "predictor": "roi_heads.box_predictor",
             "classifier_loss": "loss_classifier"},  # the key of its softmax cross-entropy in the losses

@@ -13,8 +13,11 @@ convolution, no code generation) or ``torch.compile`` with inductor; ONNX Runtim
 (:mod:`study.onnx_runtime`).
 
 What is quantized (:func:`quantizable_part`): for Faster R-CNN and FCOS the family declaration's ``input`` module
-(:mod:`detectors`), the backbone (body + FPN), fed the transform's normalised batch; the RPN, RoI and dense heads
-stay float. For YOLO every layer before the Detect head (:class:`detectors.yolo.YOLOTrunk`; export handles C2f's
+(:mod:`detectors`), the backbone (body + FPN), fed the transform's normalised batch; with ``heads``, also the heads
+the family declares in ``int8_heads`` (Faster R-CNN's RoI box head: :class:`Int8Head`, its own graph with a free
+number of rows, calibrated on its inputs); the RPN, the box predictor and the dense heads stay float. With
+``residual_inputs``, convolutions that feed a residual add are quantized at their output too
+(:func:`quantize_residual_inputs`: what ONNX Runtime needs to run them and the add in int8). For YOLO every layer before the Detect head (:class:`detectors.yolo.YOLOTrunk`; export handles C2f's
 ``chunk``, so no split is needed); the Detect head stays float. (The whole ``DetectionModel`` also exports and
 quantizes, but the lowering pass fails on the head's anchor decoding, a data-dependent ``.item()``.) SiLU has no
 int8 pattern in ``X86InductorQuantizer`` and runs in float between int8 convolutions.
@@ -79,12 +82,53 @@ def split_repeated_calls(gm: torch.fx.GraphModule) -> int:
     return marked
 
 
-def _quantizer(reduce_range: bool, float_modules: tuple[str, ...] = (), qat: bool = False):
+def quantize_residual_inputs(gm: torch.fx.GraphModule, spec) -> int:
+    """Give every annotated add that takes one of its inputs unquantized (``X86InductorQuantizer``'s conv + add
+    pattern: the convolution's output goes straight into oneDNN's fused add) a quantized version of that input:
+    the producing node's output is annotated with ``spec``. Returns how many nodes were annotated.
+
+    Then the convolution ends in a quantize node, which ONNX Runtime needs to run it as an int8 ``QLinearConv``
+    (dequantize-conv-quantize), and the add reads two dequantized inputs and is quantized after (its ReLU folded
+    into the quantize node), which ONNX Runtime runs as ``QLinearAdd``."""
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    key, annotated = "quantization_annotation", 0
+    for node in gm.graph.nodes:
+        note = node.meta.get(key)
+        if node.target not in (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor) or note is None \
+                or not note.input_qspec_map:
+            continue
+        for arg in node.args[:2]:
+            if not isinstance(arg, torch.fx.Node) or arg in note.input_qspec_map:
+                continue
+            source = arg.meta.get(key)
+            if source is None:
+                arg.meta[key] = QuantizationAnnotation(output_qspec=spec, _annotated=True)
+            elif source.output_qspec is None:
+                source.output_qspec = spec
+            else:
+                continue
+            annotated += 1
+    return annotated
+
+
+def _quantizer(reduce_range: bool, float_modules: tuple[str, ...] = (), qat: bool = False,
+               residual_inputs: bool = False):
+    """``X86InductorQuantizer`` with its default static config; ``residual_inputs``: and
+    :func:`quantize_residual_inputs` after its annotation."""
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer, get_default_x86_inductor_quantization_config)
 
-    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config(
-        is_qat=qat, reduce_range=reduce_range))
+    config = get_default_x86_inductor_quantization_config(is_qat=qat, reduce_range=reduce_range)
+
+    class Quantizer(X86InductorQuantizer):
+        def annotate(self, model):
+            model = super().annotate(model)
+            if residual_inputs:
+                quantize_residual_inputs(model, config.output_activation)
+            return model
+
+    quantizer = Quantizer().set_global(config)
     for name in float_modules:
         quantizer.set_module_name_qconfig(name, None)
     return quantizer
@@ -110,16 +154,17 @@ def export_module(module: torch.nn.Module, example: torch.Tensor, strict: bool =
 
 def quantize_module(module: torch.nn.Module, batches: list[torch.Tensor], strict: bool = False,
                     reduce_range: bool = False, float_modules: tuple[str, ...] = (),
-                    dynamic_batch: bool = True) -> torch.fx.GraphModule:
+                    dynamic_batch: bool = True, residual_inputs: bool = False) -> torch.fx.GraphModule:
     """PT2E post-training static int8 of ``module``: exported, prepared with ``X86InductorQuantizer``'s default
     static config (histogram-observed uint8 activations, per-channel symmetric int8 weights), calibrated on
-    ``batches``, converted. ``float_modules``: module paths (as in ``named_modules``) left float. The result accepts
+    ``batches``, converted. ``float_modules``: module paths (as in ``named_modules``) left float;
+    ``residual_inputs``: see :func:`quantize_residual_inputs`. The result accepts
     ``.eval()`` and ``.train()`` (no-ops for it: it has no dropout, and its BatchNorm is folded)."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     gm = export_module(copy.deepcopy(module), batches[0], strict=strict, dynamic_batch=dynamic_batch)
-    prepared = prepare_pt2e(gm, _quantizer(reduce_range, float_modules))
+    prepared = prepare_pt2e(gm, _quantizer(reduce_range, float_modules, residual_inputs=residual_inputs))
     with torch.no_grad():
         for batch in batches:
             prepared(batch)
@@ -141,7 +186,8 @@ def drop_unused_attributes(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 
 def prepare_qat_module(module: torch.nn.Module, example: torch.Tensor, strict: bool = False,
-                       reduce_range: bool = False, freeze_bn_stats: bool = True) -> torch.fx.GraphModule:
+                       reduce_range: bool = False, freeze_bn_stats: bool = True,
+                       residual_inputs: bool = False) -> torch.fx.GraphModule:
     """``module`` exported in train mode and prepared for quantization-aware training (``prepare_qat_pt2e`` with
     ``X86InductorQuantizer``'s QAT config): fake-quantized activations and weights, BatchNorm simulated as folded
     into each convolution. Train it as a module, then :func:`convert_qat_module`. Observers start calibrating on
@@ -155,7 +201,7 @@ def prepare_qat_module(module: torch.nn.Module, example: torch.Tensor, strict: b
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     gm = export_module(copy.deepcopy(module), example, strict=strict, train=True)
-    prepared = prepare_qat_pt2e(gm, _quantizer(reduce_range, qat=True))
+    prepared = prepare_qat_pt2e(gm, _quantizer(reduce_range, qat=True, residual_inputs=residual_inputs))
     prepared.freeze_bn_stats = freeze_bn_stats
     move_exported_model_to_eval(prepared)
     prepared.train = types.MethodType(_qat_mode, prepared)
@@ -191,24 +237,103 @@ def convert_qat_module(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return allow_exported_model_train_eval(drop_unused_attributes(convert_pt2e(prepared)))
 
 
-def lower_x86(converted: torch.fx.GraphModule, example: torch.Tensor) -> torch.fx.GraphModule:
-    """The converted model with its int8 patterns fused into oneDNN int8 kernels (torchao's
-    ``lower_pt2e_quantized_to_x86``): fast in eager mode without ``torch.compile``. The lowered graph is fixed to
-    ``example``'s shape (batch size included)."""
-    from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
+def lower_x86(converted: torch.fx.GraphModule, example: torch.Tensor,
+              dynamic_batch: bool = False) -> torch.fx.GraphModule:
+    """The converted model with its int8 patterns fused into oneDNN int8 kernels: fast in eager mode without
+    ``torch.compile``. The lowered graph is fixed to ``example``'s shape (torchao's
+    ``lower_pt2e_quantized_to_x86``), or, with ``dynamic_batch``, to its shape after the first dimension (a head
+    fed a different number of RoIs per image): the same steps (a strict export, core-ATen decompositions kept
+    composite, inductor's freezing passes and constant folding) on an export whose first dimension is free."""
+    if not dynamic_batch:
+        from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
+        with torch.no_grad():
+            return lower_pt2e_quantized_to_x86(converted, (example,))
+    from torch._inductor.constant_folding import constant_fold
+    from torch._inductor.fx_passes.freezing_patterns import freezing_passes
 
+    table = torch.export.default_decompositions()
+    for op in list(table):
+        if not torch._export.utils._is_cia_op(op):  # after autograd: primitive ops are not decomposed
+            del table[op]
+    example = example if example.shape[0] >= 2 else example.expand(2, *example.shape[1:]).contiguous()
     with torch.no_grad():
-        return lower_pt2e_quantized_to_x86(converted, (example,))
+        program = torch.export.export(converted, (example,), strict=True,
+                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))
+        gm = program.run_decompositions(table).module()
+        for node in list(gm.graph.nodes):  # the freezing patterns match a permute, not aten.t
+            if node.target == torch.ops.aten.t.default:
+                with gm.graph.inserting_before(node):
+                    node.replace_all_uses_with(gm.graph.call_function(torch.ops.aten.permute.default,
+                                                                      (node.args[0], [1, 0])))
+                gm.graph.erase_node(node)
+        gm.recompile()
+        freezing_passes(gm, (example,))
+        constant_fold(gm)
+    return gm
 
 
 def lowered(qmodel: torch.nn.Module, image: torch.Tensor) -> torch.nn.Module:
-    """A copy of a model made here whose int8 graph is lowered to oneDNN int8 kernels (:func:`lower_x86`) for one
-    (3, H, W) image at a time: the fast eager-mode form of the same int8 model, for timing."""
+    """A copy of a model made here whose int8 graphs are lowered to oneDNN int8 kernels (:func:`lower_x86`) for one
+    (3, H, W) image at a time (an int8 head for any number of rows): the fast eager-mode form of the same int8
+    model, for timing."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     qmodel = copy.deepcopy(qmodel).cpu().eval()
+    heads = {path: module_inputs(qmodel, path, image[None]) for path in int8_heads(qmodel)}
+    for path, inputs in heads.items():
+        module_at(qmodel, path).graph = allow_exported_model_train_eval(
+            lower_x86(module_at(qmodel, path).graph, torch.cat(inputs), dynamic_batch=True))
     name, graph = quantized_part(qmodel)
     fast = allow_exported_model_train_eval(lower_x86(graph, _batches(qmodel, image[None], 1)[0]))
     return _with_part(qmodel, name, graph, fast).eval()
+
+
+class Int8Head(torch.nn.Module):
+    """A head's int8 (or fake-quantized) graph where the detector calls the float head (``graph``). A batch of
+    fewer than two rows (an image with one RoI or none) is padded to two, the least its exported graph takes, and
+    cut back."""
+
+    def __init__(self, graph: torch.nn.Module):
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, x):
+        n = x.shape[0]
+        if n >= 2:
+            return self.graph(x)
+        return self.graph(torch.cat([x, x.new_zeros((2 - n, *x.shape[1:]))]))[:n]
+
+
+def head_paths(model: torch.nn.Module) -> tuple[str, ...]:
+    """The heads that int8 covers beside the family's quantizable part (its declaration's ``int8_heads``: Faster
+    R-CNN's RoI box head), each quantized on its own inputs."""
+    return () if family_of(model) == "yolo" else tuple(declaration(model).get("int8_heads", ()))
+
+
+def int8_heads(qmodel: torch.nn.Module) -> list[str]:
+    """The paths of the heads of a model made here that are int8 (or QAT) graphs (:class:`Int8Head`)."""
+    return [p for p in head_paths(qmodel) if isinstance(module_at(qmodel, p), Int8Head)]
+
+
+def module_inputs(model: torch.nn.Module, path: str, images: torch.Tensor) -> list[torch.Tensor]:
+    """The first input of the module at ``path`` in every call of it while ``model`` (eval mode) detects on
+    ``images`` ((N, 3, H, W) in 0..1, one image at a time); calls with fewer than two rows are left out."""
+    seen = []
+    handle = module_at(model, path).register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()
+            for image in images:
+                model([image.float()])
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return [x for x in seen if len(x) >= 2]
+
+
+def _set_module(model: torch.nn.Module, path: str, module: torch.nn.Module) -> None:
+    parent, _, attr = path.rpartition(".")
+    setattr(module_at(model, parent) if parent else model, attr, module)
 
 
 def quantizable_part(model: torch.nn.Module) -> tuple[str, torch.nn.Module]:
@@ -257,45 +382,71 @@ def _with_part(qmodel: torch.nn.Module, name: str, part: torch.nn.Module, graph:
     return qmodel
 
 
-def _parts(family: str, name: str) -> dict:
+def _parts(family: str, name: str, heads: tuple[str, ...] = ()) -> dict:
     if family == "yolo":
         return {"int8_parts": "backbone + neck", "float_parts": "Detect head; SiLU in float"}
-    heads = "RPN and RoI heads" if family == "faster_rcnn" else "dense heads"
-    return {"int8_parts": f"{name} (body + FPN)", "float_parts": heads}
+    floats = ("RPN, RoI box predictor" if heads else "RPN and RoI heads") if family == "faster_rcnn" \
+        else "dense heads"
+    return {"int8_parts": ", ".join([f"{name} (body + FPN)", *heads]), "float_parts": floats}
 
 
 def quantize_int8_pt2e(model: torch.nn.Module, calibration_images: torch.Tensor, strict: bool = False,
-                       batch_size: int = 8, reduce_range: bool = False) -> tuple[torch.nn.Module, dict]:
+                       batch_size: int = 8, reduce_range: bool = False, heads: bool = False,
+                       residual_inputs: bool = False) -> tuple[torch.nn.Module, dict]:
     """A CPU copy of ``model`` whose quantizable part (:func:`quantizable_part`) is a PT2E int8 graph, calibrated
     on ``calibration_images`` ((N, 3, H, W) in 0..1; their height and width are the only ones the graph runs).
-    Returns (model, details). The graph is the converted reference graph (eager, float speed); :func:`lower_x86`
-    or ``torch.compile`` makes it fast, and ONNX Runtime runs its export as int8 (:mod:`study.onnx_runtime`)."""
+    ``heads``: the family's int8 heads (:func:`head_paths`) too, each calibrated on its inputs while the model
+    with its int8 part detects on the same images (:class:`Int8Head`). ``residual_inputs``: see
+    :func:`quantize_residual_inputs`. Returns (model, details). The graphs are converted reference graphs (eager,
+    float speed); :func:`lowered` or ``torch.compile`` makes them fast, and ONNX Runtime runs their export as int8
+    (:mod:`study.onnx_runtime`)."""
     qmodel = copy.deepcopy(model).cpu().eval()
     name, part = quantizable_part(qmodel)
-    graph = quantize_module(part, _batches(qmodel, calibration_images, batch_size), strict, reduce_range)
+    graph = quantize_module(part, _batches(qmodel, calibration_images, batch_size), strict, reduce_range,
+                            residual_inputs=residual_inputs)
+    qmodel = _with_part(qmodel, name, part, graph).eval()
+    paths = head_paths(qmodel) if heads else ()
+    for path in paths:
+        inputs = module_inputs(qmodel, path, calibration_images)
+        _set_module(qmodel, path, Int8Head(quantize_module(module_at(qmodel, path), inputs, strict, reduce_range,
+                                                           residual_inputs=residual_inputs)))
     info = {"quant_path": QUANT_PATH, "export": "strict" if strict else "non-strict",
-            "calibration_images": len(calibration_images), "reduce_range": reduce_range}
-    return _with_part(qmodel, name, part, graph).eval(), info | _parts(family_of(model), name)
+            "calibration_images": len(calibration_images), "reduce_range": reduce_range,
+            "residual_inputs": residual_inputs}
+    return qmodel.eval(), info | _parts(family_of(model), name, paths)
 
 
 def prepare_qat(model: torch.nn.Module, example_images: torch.Tensor, reduce_range: bool = False,
-                freeze_bn_stats: bool = True) -> tuple[torch.nn.Module, dict]:
+                freeze_bn_stats: bool = True, heads: bool = False,
+                residual_inputs: bool = False) -> tuple[torch.nn.Module, dict]:
     """A copy of ``model`` (on its device) whose quantizable part is a QAT-prepared graph
-    (:func:`prepare_qat_module`, exported on ``example_images``, (N, 3, H, W) in 0..1 at the canvas size): train it
-    like the float model (its heads stay float and train too), then :func:`convert_qat`."""
+    (:func:`prepare_qat_module`, exported on ``example_images``, (N, 3, H, W) in 0..1 at the canvas size), and with
+    ``heads`` the family's int8 heads too (each exported on its inputs for those images): train it like the float
+    model (the rest stays float and trains too), then :func:`convert_qat`."""
     device = next(model.parameters()).device
     qmodel = copy.deepcopy(model).cpu().train()
+    paths = head_paths(qmodel) if heads else ()
+    head_examples = {path: torch.cat(module_inputs(qmodel, path, example_images)) for path in paths}
     name, part = quantizable_part(qmodel)
     example = _batches(qmodel.eval(), example_images, len(example_images))[0]
-    graph = prepare_qat_module(part, example, reduce_range=reduce_range, freeze_bn_stats=freeze_bn_stats)
+    graph = prepare_qat_module(part, example, reduce_range=reduce_range, freeze_bn_stats=freeze_bn_stats,
+                               residual_inputs=residual_inputs)
+    qmodel = _with_part(qmodel, name, part, graph)
+    for path, head_example in head_examples.items():
+        _set_module(qmodel, path, Int8Head(prepare_qat_module(module_at(qmodel, path), head_example,
+                                                              reduce_range=reduce_range,
+                                                              freeze_bn_stats=freeze_bn_stats,
+                                                              residual_inputs=residual_inputs)))
     info = {"quant_path": QUANT_PATH.replace("static", "quantization-aware training"), "export": "non-strict",
-            "reduce_range": reduce_range, "freeze_bn_stats": freeze_bn_stats}
-    return _with_part(qmodel, name, part, graph).to(device).train(), info | _parts(family_of(model), name)
+            "reduce_range": reduce_range, "freeze_bn_stats": freeze_bn_stats, "residual_inputs": residual_inputs}
+    return qmodel.to(device).train(), info | _parts(family_of(model), name, paths)
 
 
 def convert_qat(qmodel: torch.nn.Module) -> torch.nn.Module:
     """A CPU copy of a trained :func:`prepare_qat` model with its part converted to int8 (:func:`convert_qat_module`)."""
     qmodel = copy.deepcopy(qmodel).cpu().eval()
+    for path in int8_heads(qmodel):
+        module_at(qmodel, path).graph = convert_qat_module(module_at(qmodel, path).graph)
     name, part = quantized_part(qmodel)
     return _with_part(qmodel, name, part, convert_qat_module(part)).eval()
 
@@ -311,21 +462,37 @@ def quantized_part(qmodel: torch.nn.Module) -> tuple[str, torch.fx.GraphModule]:
 PART_FILE, REST_FILE = "int8_part.pt2", "float_rest.pt"
 
 
-def save_int8(qmodel: torch.nn.Module, folder, example_images: torch.Tensor) -> list:
-    """Save a PT2E int8 model in ``folder``: its int8 graph as a ``torch.export`` program (``int8_part.pt2``, any
-    batch size) and the float rest as a state dict (``float_rest.pt``). Returns the two paths (their sizes are the
-    model's size on disk); :func:`load_int8` reads them back."""
-    from pathlib import Path
-    folder = Path(folder)
-    name, graph = quantized_part(qmodel)
-    example = _batches(qmodel, example_images[:2], 2)[0]
+def head_file(path: str) -> str:
+    """The file an int8 head at ``path`` is saved in."""
+    return f"int8_{path}.pt2"
+
+
+def _save_program(graph: torch.nn.Module, example: torch.Tensor, file) -> None:
     program = torch.export.export(graph, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
                                   strict=False)
     program.example_inputs = None  # not part of the model (they would be saved with it)
-    torch.export.save(program, folder / PART_FILE)
-    rest = {k: v for k, v in qmodel.state_dict().items() if not k.startswith(name + ".")}
+    torch.export.save(program, file)
+
+
+def save_int8(qmodel: torch.nn.Module, folder, example_images: torch.Tensor) -> list:
+    """Save a PT2E int8 model in ``folder``: its int8 graph as a ``torch.export`` program (``int8_part.pt2``, any
+    batch size), each int8 head's likewise (:func:`head_file`, any number of rows) and the float rest as a state
+    dict (``float_rest.pt``). Returns the paths (their sizes are the model's size on disk); :func:`load_int8`
+    reads them back."""
+    from pathlib import Path
+    folder = Path(folder)
+    heads = int8_heads(qmodel)
+    files = []
+    for path in heads:
+        files.append(folder / head_file(path))
+        _save_program(module_at(qmodel, path).graph, torch.cat(module_inputs(qmodel, path, example_images[:2])),
+                      files[-1])
+    name, graph = quantized_part(qmodel)
+    _save_program(graph, _batches(qmodel, example_images[:2], 2)[0], folder / PART_FILE)
+    parts = [name, *heads]
+    rest = {k: v for k, v in qmodel.state_dict().items() if not any(k.startswith(p + ".") for p in parts)}
     torch.save(rest, folder / REST_FILE)
-    return [folder / PART_FILE, folder / REST_FILE]
+    return [folder / PART_FILE, *files, folder / REST_FILE]
 
 
 def load_int8(float_model: torch.nn.Module, folder) -> torch.nn.Module:
@@ -334,15 +501,24 @@ def load_int8(float_model: torch.nn.Module, folder) -> torch.nn.Module:
     from pathlib import Path
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     folder = Path(folder)
-    graph = allow_exported_model_train_eval(torch.export.load(folder / PART_FILE).module())
-    # the saved program has no example inputs, hence no guard function; its shape check in Python instead would
-    # stop the ONNX exporter's tracing (it reads symbolic sizes), and the detector feeds it the canvas anyway
-    graph.validate_inputs = False
+
+    def program(file):
+        graph = allow_exported_model_train_eval(torch.export.load(file).module())
+        # the saved program has no example inputs, hence no guard function; its shape check in Python instead
+        # would stop the ONNX exporter's tracing (it reads symbolic sizes), and the detector feeds it the canvas
+        # (a head: rows of its fixed width) anyway
+        graph.validate_inputs = False
+        return graph
+
     qmodel = copy.deepcopy(float_model).cpu().eval()
     name, part = quantizable_part(qmodel)
-    qmodel = _with_part(qmodel, name, part, graph)
+    qmodel = _with_part(qmodel, name, part, program(folder / PART_FILE))
+    heads = [p for p in head_paths(qmodel) if (folder / head_file(p)).is_file()]  # none in a backbone-only model
+    for path in heads:
+        _set_module(qmodel, path, Int8Head(program(folder / head_file(path))))
     missing, unexpected = qmodel.load_state_dict(torch.load(folder / REST_FILE, map_location="cpu"), strict=False)
-    if unexpected or any(not k.startswith(quantized_part(qmodel)[0] + ".") for k in missing):
+    parts = [quantized_part(qmodel)[0], *heads]
+    if unexpected or any(not any(k.startswith(p + ".") for p in parts) for k in missing):
         raise ValueError(f"{folder / REST_FILE}: does not fit the model (missing {missing[:3]}, unexpected "
                          f"{unexpected[:3]})")
     return qmodel.eval()

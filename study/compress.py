@@ -83,17 +83,25 @@ def _int8_made(qmodel: torch.nn.Module, details: dict, run_dir: Path, calibratio
                       results=(results or {}) | {"size_mb": size})
 
 
+def _scope(cfg: dict) -> dict:
+    """What int8 covers beyond the backbone: the family's int8 heads (``heads``) and the inputs of residual adds
+    (``residual_inputs``); both absent in rows made before they existed, which quantized the backbone alone."""
+    return {"heads": cfg.get("heads", False), "residual_inputs": cfg.get("residual_inputs", False)}
+
+
 def int8(study, spec, model: torch.nn.Module, run_dir: Path, image: torch.Tensor) -> Compressed:
-    """Post-training static int8 (torchao PT2E) of the backbone (+ FPN or neck), calibrated on training images;
-    evaluated as the converted graph on the CPU."""
+    """Post-training static int8 (torchao PT2E) of the backbone (+ FPN or neck) and, with ``heads``, the family's
+    int8 heads, calibrated on training images; evaluated as the converted graph on the CPU."""
     calibration = _calibration(study, spec)
-    qmodel, details = quantize_int8_pt2e(model, calibration,
-                                         reduce_range=spec.hparams["compress"].get("reduce_range", False))
+    cfg = spec.hparams["compress"]
+    qmodel, details = quantize_int8_pt2e(model, calibration, reduce_range=cfg.get("reduce_range", False),
+                                         **_scope(cfg))
     return _int8_made(qmodel, details, run_dir, calibration, model)
 
 
 def int8_qat(study, spec, model: torch.nn.Module, run_dir: Path, image: torch.Tensor) -> Compressed:
-    """Quantization-aware training (torchao PT2E): the backbone (+ FPN or neck) fake-quantized (its BatchNorm
+    """Quantization-aware training (torchao PT2E): the backbone (+ FPN or neck), and with ``heads`` the family's
+    int8 heads, fake-quantized (its BatchNorm
     statistics frozen unless ``freeze_bn_stats`` is false), the whole detector fine-tuned ``finetune_epochs`` at
     ``finetune_lr`` (fp32 steps: no bf16 autocast, contiguous layout), distilled
     from its teacher run where the spec has ``distill`` (``int8-qat+kd``: the float model itself), then converted.
@@ -102,7 +110,7 @@ def int8_qat(study, spec, model: torch.nn.Module, run_dir: Path, image: torch.Te
     calibration = _calibration(study, spec)
     qat_model, details = prepare_qat(model.to(study.device), calibration[:spec.hparams["train"]["batch_size"]],
                                      reduce_range=cfg.get("reduce_range", False),
-                                     freeze_bn_stats=cfg.get("freeze_bn_stats", True))
+                                     freeze_bn_stats=cfg.get("freeze_bn_stats", True), **_scope(cfg))
     finetune = dict(spec.hparams["train"], lr=cfg["finetune_lr"], bf16_on_cpu=False, channels_last=False)
     qat_model, adapter_params, result = study.train_run(spec, run_dir, model=qat_model,
                                                         epochs=cfg["finetune_epochs"], train_cfg=finetune)

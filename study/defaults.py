@@ -105,12 +105,15 @@ DEFAULTS: dict = {
         # fine-tuning of the fake-quantized detector (BatchNorm statistics frozen: docs/decisions.md), the same
         # epochs and LR for both families; ``int8-qat+kd``:
         # the same, distilled from the float model it starts from (``kd_teacher: source``) by the family's ``kd``
-        # (its section's ``compression``: Hinton plus the family's detection feature term)
-        "int8": {"calibration_images": 32, "reduce_range": False},
+        # (its section's ``compression``: Hinton plus the family's detection feature term).
+        # ``heads``: the family's int8 heads too (Faster R-CNN's RoI box head); ``residual_inputs``: the
+        # convolutions that feed residual adds end quantized (what ONNX Runtime's int8 kernels need;
+        # docs/decisions.md, "int8 scope")
+        "int8": {"calibration_images": 32, "reduce_range": False, "heads": True, "residual_inputs": True},
         "int8-qat": {"calibration_images": 32, "reduce_range": False, "finetune_epochs": 4, "finetune_lr": 0.001,
-                     "freeze_bn_stats": True},
+                     "freeze_bn_stats": True, "heads": True, "residual_inputs": True},
         "int8-qat+kd": {"calibration_images": 32, "reduce_range": False, "finetune_epochs": 4, "finetune_lr": 0.001,
-                        "freeze_bn_stats": True, "kd_teacher": "source"},
+                        "freeze_bn_stats": True, "kd_teacher": "source", "heads": True, "residual_inputs": True},
         "fp16": {},
     },
     # the report: ``frontier`` adds FRONTIER.md (study.frontier_report: best model at each budget, differences with

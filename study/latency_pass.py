@@ -36,6 +36,12 @@ def evaluated_model(workspace: Workspace, spec: RunSpec) -> tuple[torch.nn.Modul
     return model, True
 
 
+def eager_form(model: torch.nn.Module, cuda_ok: bool, image: torch.Tensor) -> torch.nn.Module:
+    """``model`` as it is deployed in PyTorch eager mode: as it is, or, for an int8 model (one that runs on the CPU
+    only), its int8 graph lowered to oneDNN int8 kernels for one image of ``image``'s shape."""
+    return model if cuda_ok else lowered(model, image)
+
+
 def measure_deferred_latency(workspace: Workspace, log=print) -> int:
     """Once any finished run lacks its latency: time every finished run whose model can be rebuilt from its files,
     all together in interleaved rounds, and write the latencies into ``runs.csv`` in one rewrite; returns how many
@@ -54,7 +60,7 @@ def measure_deferred_latency(workspace: Workspace, log=print) -> int:
     if runtime == "onnxruntime":
         timed = _onnxruntime_pass(workspace, models, cuda_ok, images, cfg)
     elif runtime == "pytorch":  # an int8 model as it is deployed in PyTorch: lowered to oneDNN int8 kernels
-        eager = {key: model if cuda_ok[key] else lowered(model, images[0]) for key, model in models.items()}
+        eager = {key: eager_form(model, cuda_ok[key], images[0]) for key, model in models.items()}
         timed = {key: value | {"runtime": "pytorch"} for key, value in
                  interleaved_latency(eager, images, cfg, seed=cfg.get("seed", 0)).items()}
     else:
@@ -83,7 +89,7 @@ def _onnxruntime_pass(workspace: Workspace, models: dict, cuda_ok: dict, images:
         path = workspace.run_dir(run_id) / "model.onnx"
         exported[run_id] = ort_detector(model, images[0], path, threads=cfg["threads"])
         contenders[(run_id, "ort")] = exported[run_id]
-        contenders[(run_id, "eager")] = model if cuda_ok[run_id] else lowered(model, images[0])
+        contenders[(run_id, "eager")] = eager_form(model, cuda_ok[run_id], images[0])
     timed = interleaved_latency(contenders, images, cfg, seed=cfg.get("seed", 0))
     out = {}
     for run_id, detector in exported.items():

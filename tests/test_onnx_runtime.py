@@ -48,20 +48,21 @@ def tiny_of(family):
     return tiny()
 
 
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int8-heads"])
 @pytest.mark.parametrize("family", ["faster_rcnn", "fcos", "yolo"])
 def test_whole_detector_in_onnx_runtime_detects_what_pytorch_does(family, precision, tmp_path):
     """The whole detector (Faster R-CNN and FCOS with NMS; YOLO's network, NMS after) exported on one image, and
     on two others ONNX Runtime's detections are PyTorch's: the float model, and the PT2E int8 one whose int8 graph
-    exports as QuantizeLinear/DequantizeLinear (int8 weights in the file)."""
+    exports as QuantizeLinear/DequantizeLinear (int8 weights in the file); ``int8-heads``: with the family's int8
+    heads too (Faster R-CNN's box head, fed a different number of RoIs per image)."""
     import onnx
     from methods.quantize_pt2e import quantize_int8_pt2e
     from study.cost import interleaved_latency
     from study.onnx_runtime import ort_detector
     model = tiny_of(family)
     x = images(4, 64, 64 if family == "yolo" else 96)
-    if precision == "int8":
-        model, _ = quantize_int8_pt2e(model, x)
+    if precision != "fp32":
+        model, _ = quantize_int8_pt2e(model, x, heads=precision == "int8-heads")
     detector = ort_detector(model, x[0], tmp_path / "model.onnx")
     with torch.no_grad():
         ref = model(list(x[1:3]))
@@ -71,10 +72,45 @@ def test_whole_detector_in_onnx_runtime_detects_what_pytorch_does(family, precis
         assert torch.allclose(o["boxes"], r["boxes"], atol=1e-3) and torch.allclose(o["scores"], r["scores"], atol=1e-4)
         assert torch.equal(o["labels"], r["labels"])
     types = {init.data_type for init in onnx.load(str(tmp_path / "model.onnx")).graph.initializer}
-    assert (onnx.TensorProto.INT8 in types) == (precision == "int8")
+    assert (onnx.TensorProto.INT8 in types) == (precision != "fp32")
     timed = interleaved_latency({"onnxruntime": detector, "eager": model}, list(x[1:3]),
                                 {"threads": 1, "warmup": 1, "rounds": 2})  # called alike, timed in the same rounds
     assert all(t["cpu_ms"] > 0 for t in timed.values())
+
+
+def _ops_onnx_runtime_runs(path, tmp_path):
+    """Operator counts of the graph ONNX Runtime runs for the model at ``path`` (its extended optimisations, where
+    QuantizeLinear/DequantizeLinear around an operator fuse into its int8 kernel)."""
+    import collections
+
+    import onnx
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return collections.Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def test_int8_scope_decides_what_onnx_runtime_runs_in_int8(tmp_path):
+    """Backbone only, ONNX Runtime runs every convolution that feeds a residual add in float (no quantize node
+    after it) and the box head in float; ``residual_inputs`` makes those convolutions ``QLinearConv`` and their adds
+    ``QLinearAdd``, ``heads`` the box head's first layer a ``QGemm``; each detector still detects."""
+    from methods.quantize_pt2e import quantize_int8_pt2e
+    from study.onnx_runtime import ort_detector
+    model, x = tiny(), images(4, 64, 96)
+    ops = {}
+    for name, scope in (("backbone", {}), ("residual", {"residual_inputs": True}),
+                        ("both", {"residual_inputs": True, "heads": True})):
+        qmodel, _ = quantize_int8_pt2e(model, x, **scope)
+        detector = ort_detector(qmodel, x[0], tmp_path / f"{name}.onnx")
+        assert len(detector(list(x[1:2]))[0]["boxes"]) > 0
+        ops[name] = _ops_onnx_runtime_runs(tmp_path / f"{name}.onnx", tmp_path)
+    blocks = sum(type(m).__name__ == "BasicBlock" for m in model.backbone.body.modules())  # each ends in an add
+    assert blocks >= 2
+    assert ops["backbone"]["QLinearAdd"] == 0 and ops["residual"]["QLinearAdd"] >= blocks
+    assert ops["residual"]["QLinearConv"] >= ops["backbone"]["QLinearConv"] + blocks
+    assert ops["backbone"]["QGemm"] == ops["residual"]["QGemm"] == 0 and ops["both"]["QGemm"] >= 1
 
 
 def test_yolo_trunk_exports_with_both_exporters(tmp_path):

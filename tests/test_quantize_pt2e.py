@@ -62,6 +62,51 @@ def test_faster_rcnn_backbone_int8_is_close_runs_any_batch_and_lowers():
     assert any("onednn" in str(n.target) for n in lowered.graph.nodes)  # fused into oneDNN int8 kernels
 
 
+def _adds_reading_a_dequantized_input(graph):
+    """For every add of a converted graph, how many of its inputs come straight from a dequantize node."""
+    return [sum(getattr(arg, "target", None) is not None and "dequantize" in str(arg.target) for arg in n.args[:2])
+            for n in graph.graph.nodes if n.target in (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)]
+
+
+def test_residual_inputs_quantizes_the_convolution_that_feeds_an_add():
+    """``X86InductorQuantizer`` leaves a convolution feeding a residual add unquantized at its output (oneDNN fuses
+    the add); ``residual_inputs`` quantizes it, so that both inputs of every add are dequantized int8 (what ONNX
+    Runtime needs for QLinearConv and QLinearAdd), and the block computes about the same."""
+    from torchvision.models.resnet import BasicBlock
+    torch.manual_seed(0)
+    block = BasicBlock(8, 8).eval()
+    batches = [torch.rand(2, 8, 16, 16) for _ in range(3)]
+    plain = quantize_module(block, batches)
+    full = quantize_module(block, batches, residual_inputs=True)
+    assert _adds_reading_a_dequantized_input(plain) == [1]  # the identity input only
+    assert _adds_reading_a_dequantized_input(full) == [2]
+    with torch.no_grad():
+        ref, out = block(batches[0]), full(batches[0])
+    assert F.cosine_similarity(ref.flatten(), out.flatten(), dim=0) >= 0.99
+
+
+def test_faster_rcnn_box_head_int8_is_close_takes_any_number_of_rois_and_lowers():
+    """With ``heads``, the RoI box head is an int8 graph calibrated on its inputs: close to the float head on RoIs
+    of other images, it runs on 0, 1 or many rows, and its lowered form takes any number of rows."""
+    from methods.quantize_pt2e import Int8Head, module_inputs
+    model = tiny("shallow")
+    calibration = images()
+    with_batch_statistics(model, calibration)
+    qmodel, info = quantize_int8_pt2e(model, calibration[:6], heads=True)
+    assert isinstance(qmodel.roi_heads.box_head, Int8Head) and "roi_heads.box_head" in info["int8_parts"]
+    rois = torch.cat(module_inputs(model, "roi_heads.box_head", calibration[6:]))  # images not calibrated on
+    head = qmodel.roi_heads.box_head
+    with torch.no_grad():
+        ref, out = model.roi_heads.box_head(rois), head(rois)
+        assert F.cosine_similarity(ref.flatten(), out.flatten(), dim=0) >= 0.99
+        assert head(rois[:0]).shape == (0, ref.shape[1])
+        assert torch.allclose(head(rois[:1]), out[:1])  # padded to the graph's least batch, cut back
+        fast = lower_x86(head.graph, rois[:5], dynamic_batch=True)
+        for n in (len(rois), 3):
+            assert torch.allclose(fast(rois[:n]), out[:n], atol=0.05 * out.abs().max().item())
+    assert any("onednn" in str(n.target) for n in fast.graph.nodes)
+
+
 def briefly_trained_yolo():
     """A fresh copy of :func:`_briefly_trained_yolo`'s model (trained once per test session), and its images."""
     model, x = _briefly_trained_yolo()
@@ -104,12 +149,14 @@ def test_yolo_trunk_int8_is_close_and_the_detector_detects():
     assert len(detections) == 2 and detections[0]["boxes"].shape[1] == 4
 
 
-def test_int8_saves_int8_weights_only_and_loads_the_same_model(tmp_path):
-    """``convert_pt2e`` keeps the float weights beside the int8 ones; the saved model holds the int8 ones only."""
-    from methods.quantize_pt2e import PART_FILE, load_int8, save_int8
+@pytest.mark.parametrize("heads", [False, True])
+def test_int8_saves_int8_weights_only_and_loads_the_same_model(tmp_path, heads):
+    """``convert_pt2e`` keeps the float weights beside the int8 ones; the saved model holds the int8 ones only (with
+    ``heads``, the box head's too, in its own file)."""
+    from methods.quantize_pt2e import PART_FILE, head_file, load_int8, save_int8
     model = tiny()
     calibration = images()
-    qmodel, _ = quantize_int8_pt2e(model, calibration)
+    qmodel, _ = quantize_int8_pt2e(model, calibration, heads=heads)
     files = save_int8(qmodel, tmp_path, calibration)
     torch.save(model.backbone.state_dict(), tmp_path / "fp32_backbone.pt")
     # ResNet-18 body + FPN: 4 bytes a weight in fp32, 1 in int8, plus the graph's description
@@ -121,7 +168,13 @@ def test_int8_saves_int8_weights_only_and_loads_the_same_model(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a)
         assert [d["boxes"].tolist() for d in qmodel(list(calibration[:2]))] == \
             [d["boxes"].tolist() for d in loaded(list(calibration[:2]))]
-    assert len(files) == 2
+    assert len(files) == 2 + heads and (tmp_path / head_file("roi_heads.box_head")).is_file() == heads
+    if heads:  # the head's program holds fc6 and fc7 as int8, and no float copy of them
+        program = torch.export.load(tmp_path / head_file("roi_heads.box_head"))
+        tensors = list(program.state_dict.values()) + list(program.constants.values())
+        fc = [m.weight for m in (model.roi_heads.box_head.fc6, model.roi_heads.box_head.fc7)]
+        assert sorted(t.shape for t in tensors if t.dtype == torch.int8) == sorted(w.shape for w in fc)
+        assert not any(t.is_floating_point() and t.numel() >= fc[1].numel() for t in tensors)
 
 
 def with_batch_statistics(model, x):
@@ -242,3 +295,22 @@ def test_qat_converted_model_computes_what_the_fake_quantized_one_did(family):
     # measured 0.998 (Faster R-CNN, whose gap is there after calibration alone) and 0.9999 (YOLO); with BatchNorm
     # statistics left to train, YOLO's was 0.968
     assert _feature_distance(family, qat, convert_qat(qat), x, fake_quantized=True) >= 0.995
+
+
+def test_qat_with_heads_trains_the_fake_quantized_box_head_and_converts():
+    """With ``heads`` and ``residual_inputs``, QAT fake-quantizes the box head too: a training step reaches its
+    weights, and the converted model's box head is an int8 graph that detects."""
+    from methods.quantize_pt2e import Int8Head, convert_qat, prepare_qat
+    model, x, _ = qat_case("faster_rcnn")
+    qat, info = prepare_qat(model, x, heads=True, residual_inputs=True)
+    assert isinstance(qat.roi_heads.box_head, Int8Head) and info["residual_inputs"]
+    head_weights = [p for p in qat.roi_heads.box_head.parameters() if p.requires_grad and p.dim() == 2]
+    assert len(head_weights) == 2  # fc6, fc7
+    train_qat_steps(qat, x, steps=1, lr=1e-3)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head_weights)
+    qmodel = convert_qat(qat)
+    assert isinstance(qmodel.roi_heads.box_head, Int8Head)
+    assert not any(p.requires_grad and p.dim() == 2 for p in qmodel.roi_heads.box_head.parameters())
+    with torch.no_grad():
+        detections = qmodel(list(x[:2]))
+    assert len(detections) == 2 and detections[0]["boxes"].shape[1] == 4
