@@ -42,6 +42,8 @@ import torch
 from detectors import declaration, family_of, module_at
 
 QUANT_PATH = "torchao PT2E, X86InductorQuantizer (static, per-channel weights)"
+MAX_BATCH = 1024  # images in a batch, the quantizable part's exported bound
+MAX_ROWS = 1 << 16  # RoIs in a call of an int8 head (an evaluation batch of images x 200 proposals, training's samples)
 
 
 def _resolve(type_name):
@@ -135,16 +137,16 @@ def _quantizer(reduce_range: bool, float_modules: tuple[str, ...] = (), qat: boo
 
 
 def export_module(module: torch.nn.Module, example: torch.Tensor, strict: bool = False,
-                  dynamic_batch: bool = True, train: bool = False) -> torch.fx.GraphModule:
+                  dynamic_batch: bool = True, train: bool = False, max_batch: int = MAX_BATCH) -> torch.fx.GraphModule:
     """``torch.export`` of ``module`` on ``example`` (eval mode, or train mode for QAT), as a GraphModule ready for
     ``prepare_pt2e`` (repeated module calls split in non-strict mode). With ``dynamic_batch`` the batch size is
-    free."""
+    free up to ``max_batch``."""
     module = module.train(train)
     dynamic_shapes = None
     if dynamic_batch:
         if example.shape[0] < 2:  # a batch of 1 would be specialised
             example = example.expand(2, *example.shape[1:]).contiguous()
-        dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},)
+        dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
     exported = torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes, strict=strict)
     gm = exported.module()
     if not strict:
@@ -154,7 +156,8 @@ def export_module(module: torch.nn.Module, example: torch.Tensor, strict: bool =
 
 def quantize_module(module: torch.nn.Module, batches: list[torch.Tensor], strict: bool = False,
                     reduce_range: bool = False, float_modules: tuple[str, ...] = (),
-                    dynamic_batch: bool = True, residual_inputs: bool = False) -> torch.fx.GraphModule:
+                    dynamic_batch: bool = True, residual_inputs: bool = False,
+                    max_batch: int = MAX_BATCH) -> torch.fx.GraphModule:
     """PT2E post-training static int8 of ``module``: exported, prepared with ``X86InductorQuantizer``'s default
     static config (histogram-observed uint8 activations, per-channel symmetric int8 weights), calibrated on
     ``batches``, converted. ``float_modules``: module paths (as in ``named_modules``) left float;
@@ -163,7 +166,8 @@ def quantize_module(module: torch.nn.Module, batches: list[torch.Tensor], strict
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    gm = export_module(copy.deepcopy(module), batches[0], strict=strict, dynamic_batch=dynamic_batch)
+    gm = export_module(copy.deepcopy(module), batches[0], strict=strict, dynamic_batch=dynamic_batch,
+                       max_batch=max_batch)
     prepared = prepare_pt2e(gm, _quantizer(reduce_range, float_modules, residual_inputs=residual_inputs))
     with torch.no_grad():
         for batch in batches:
@@ -187,7 +191,7 @@ def drop_unused_attributes(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 def prepare_qat_module(module: torch.nn.Module, example: torch.Tensor, strict: bool = False,
                        reduce_range: bool = False, freeze_bn_stats: bool = True,
-                       residual_inputs: bool = False) -> torch.fx.GraphModule:
+                       residual_inputs: bool = False, max_batch: int = MAX_BATCH) -> torch.fx.GraphModule:
     """``module`` exported in train mode and prepared for quantization-aware training (``prepare_qat_pt2e`` with
     ``X86InductorQuantizer``'s QAT config): fake-quantized activations and weights, BatchNorm simulated as folded
     into each convolution. Train it as a module, then :func:`convert_qat_module`. Observers start calibrating on
@@ -200,7 +204,7 @@ def prepare_qat_module(module: torch.nn.Module, example: torch.Tensor, strict: b
     from torchao.quantization.pt2e import allow_exported_model_train_eval, move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
-    gm = export_module(copy.deepcopy(module), example, strict=strict, train=True)
+    gm = export_module(copy.deepcopy(module), example, strict=strict, train=True, max_batch=max_batch)
     prepared = prepare_qat_pt2e(gm, _quantizer(reduce_range, qat=True, residual_inputs=residual_inputs))
     prepared.freeze_bn_stats = freeze_bn_stats
     move_exported_model_to_eval(prepared)
@@ -258,7 +262,7 @@ def lower_x86(converted: torch.fx.GraphModule, example: torch.Tensor,
     example = example if example.shape[0] >= 2 else example.expand(2, *example.shape[1:]).contiguous()
     with torch.no_grad():
         program = torch.export.export(converted, (example,), strict=True,
-                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))
+                                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=MAX_ROWS)},))
         gm = program.run_decompositions(table).module()
         for node in list(gm.graph.nodes):  # the freezing patterns match a permute, not aten.t
             if node.target == torch.ops.aten.t.default:
@@ -409,7 +413,7 @@ def quantize_int8_pt2e(model: torch.nn.Module, calibration_images: torch.Tensor,
     for path in paths:
         inputs = module_inputs(qmodel, path, calibration_images)
         _set_module(qmodel, path, Int8Head(quantize_module(module_at(qmodel, path), inputs, strict, reduce_range,
-                                                           residual_inputs=residual_inputs)))
+                                                           residual_inputs=residual_inputs, max_batch=MAX_ROWS)))
     info = {"quant_path": QUANT_PATH, "export": "strict" if strict else "non-strict",
             "calibration_images": len(calibration_images), "reduce_range": reduce_range,
             "residual_inputs": residual_inputs}
@@ -436,7 +440,8 @@ def prepare_qat(model: torch.nn.Module, example_images: torch.Tensor, reduce_ran
         _set_module(qmodel, path, Int8Head(prepare_qat_module(module_at(qmodel, path), head_example,
                                                               reduce_range=reduce_range,
                                                               freeze_bn_stats=freeze_bn_stats,
-                                                              residual_inputs=residual_inputs)))
+                                                              residual_inputs=residual_inputs,
+                                                              max_batch=MAX_ROWS)))
     info = {"quant_path": QUANT_PATH.replace("static", "quantization-aware training"), "export": "non-strict",
             "reduce_range": reduce_range, "freeze_bn_stats": freeze_bn_stats, "residual_inputs": residual_inputs}
     return qmodel.to(device).train(), info | _parts(family_of(model), name, paths)
@@ -467,9 +472,9 @@ def head_file(path: str) -> str:
     return f"int8_{path}.pt2"
 
 
-def _save_program(graph: torch.nn.Module, example: torch.Tensor, file) -> None:
-    program = torch.export.export(graph, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
-                                  strict=False)
+def _save_program(graph: torch.nn.Module, example: torch.Tensor, file, max_batch: int) -> None:
+    program = torch.export.export(graph, (example,), strict=False,
+                                  dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=max_batch)},))
     program.example_inputs = None  # not part of the model (they would be saved with it)
     torch.export.save(program, file)
 
@@ -486,9 +491,9 @@ def save_int8(qmodel: torch.nn.Module, folder, example_images: torch.Tensor) -> 
     for path in heads:
         files.append(folder / head_file(path))
         _save_program(module_at(qmodel, path).graph, torch.cat(module_inputs(qmodel, path, example_images[:2])),
-                      files[-1])
+                      files[-1], MAX_ROWS)
     name, graph = quantized_part(qmodel)
-    _save_program(graph, _batches(qmodel, example_images[:2], 2)[0], folder / PART_FILE)
+    _save_program(graph, _batches(qmodel, example_images[:2], 2)[0], folder / PART_FILE, MAX_BATCH)
     parts = [name, *heads]
     rest = {k: v for k, v in qmodel.state_dict().items() if not any(k.startswith(p + ".") for p in parts)}
     torch.save(rest, folder / REST_FILE)

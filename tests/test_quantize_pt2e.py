@@ -104,6 +104,8 @@ def test_faster_rcnn_box_head_int8_is_close_takes_any_number_of_rois_and_lowers(
         fast = lower_x86(head.graph, rois[:5], dynamic_batch=True)
         for n in (len(rois), 3):
             assert torch.allclose(fast(rois[:n]), out[:n], atol=0.05 * out.abs().max().item())
+        many = rois.repeat(1500 // len(rois) + 1, 1, 1, 1)  # an evaluation batch of images x 200 proposals
+        assert len(many) > 1024 and head(many).shape[0] == fast(many).shape[0] == len(many)
     assert any("onednn" in str(n.target) for n in fast.graph.nodes)
 
 
@@ -169,6 +171,9 @@ def test_int8_saves_int8_weights_only_and_loads_the_same_model(tmp_path, heads):
         assert [d["boxes"].tolist() for d in qmodel(list(calibration[:2]))] == \
             [d["boxes"].tolist() for d in loaded(list(calibration[:2]))]
     assert len(files) == 2 + heads and (tmp_path / head_file("roi_heads.box_head")).is_file() == heads
+    with torch.no_grad():  # the saved programs take any batch the study feeds them
+        loaded.backbone(x.repeat(8, 1, 1, 1))
+        loaded.roi_heads.box_head(torch.rand(1500, 16, 7, 7))
     if heads:  # the head's program holds fc6 and fc7 as int8, and no float copy of them
         program = torch.export.load(tmp_path / head_file("roi_heads.box_head"))
         tensors = list(program.state_dict.values()) + list(program.constants.values())
