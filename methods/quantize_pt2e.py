@@ -17,8 +17,9 @@ What is quantized (:func:`quantizable_part`): for Faster R-CNN and FCOS the fami
 the family declares in ``int8_heads`` (Faster R-CNN's RoI box head: :class:`Int8Head`, its own graph with a free
 number of rows, calibrated on its inputs); the RPN, the box predictor and the dense heads stay float. With
 ``residual_inputs``, convolutions that feed a residual add are quantized at their output too
-(:func:`quantize_residual_inputs`: what ONNX Runtime needs to run them and the add in int8). For YOLO every layer before the Detect head (:class:`detectors.yolo.YOLOTrunk`; export handles C2f's
-``chunk``, so no split is needed); the Detect head stays float. (The whole ``DetectionModel`` also exports and
+(:func:`quantize_residual_inputs`: what ONNX Runtime needs to run them and the add in int8). For YOLO every layer
+before the Detect head (:class:`detectors.yolo.YOLOTrunk`; export handles C2f's ``chunk``, so no split is needed);
+the Detect head stays float. (The whole ``DetectionModel`` also exports and
 quantizes, but the lowering pass fails on the head's anchor decoding, a data-dependent ``.item()``.) SiLU has no
 int8 pattern in ``X86InductorQuantizer`` and runs in float between int8 convolutions.
 
@@ -448,7 +449,8 @@ def prepare_qat(model: torch.nn.Module, example_images: torch.Tensor, reduce_ran
 
 
 def convert_qat(qmodel: torch.nn.Module) -> torch.nn.Module:
-    """A CPU copy of a trained :func:`prepare_qat` model with its part converted to int8 (:func:`convert_qat_module`)."""
+    """A CPU copy of a trained :func:`prepare_qat` model with its part and int8 heads converted to int8
+    (:func:`convert_qat_module`)."""
     qmodel = copy.deepcopy(qmodel).cpu().eval()
     for path in int8_heads(qmodel):
         module_at(qmodel, path).graph = convert_qat_module(module_at(qmodel, path).graph)
