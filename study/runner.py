@@ -150,6 +150,8 @@ class Study:
         traceback in the run's error.txt)."""
         started = time.perf_counter()
         row = self.row_of(spec)
+        error_file = self.out_dir / "runs" / spec.run_id / "error.txt"
+        error_file.unlink(missing_ok=True)  # a failed attempt's, if the run is tried again
         try:
             result = self.execute(spec)
             if "per_class_ap" in result:
@@ -160,8 +162,8 @@ class Study:
             self.log(f"{label} {spec.run_id}: {score} ({time.perf_counter() - started:.0f} s)")
         except Exception as exc:  # recorded, and the study goes on
             message = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
-            (self.out_dir / "runs" / spec.run_id).mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "runs" / spec.run_id / "error.txt").write_text(traceback.format_exc())
+            error_file.parent.mkdir(parents=True, exist_ok=True)
+            error_file.write_text(traceback.format_exc())
             row |= {"status": "failed", "error": message, "train_s": round(time.perf_counter() - started, 1),
                     "wall_s": round(time.perf_counter() - started, 1)}
             self.log(f"{label} {spec.run_id}: FAILED: {message}")

@@ -96,3 +96,26 @@ def test_a_runs_csv_of_another_run_id_scheme_is_refused_before_any_row_is_retire
     assert study.runs_csv.read_text() == before and not (study.out_dir / "superseded.csv").exists()
     upsert_run(study.runs_csv, read_runs(study.runs_csv)[0] | {"id_scheme": ""})  # a row from before the column
     study.check_id_scheme()
+
+
+def test_a_failed_run_keeps_its_traceback_until_it_is_tried_again(tmp_path, monkeypatch):
+    """A failed run's row says why and its folder keeps the traceback; once the run is tried again and succeeds,
+    the earlier traceback is gone from its folder (it no longer describes the run)."""
+    from study.defaults import load_profile
+    from study.runner import Study
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text("detectors: [faster_rcnn]\nimage_size: 64\nmax_train_images: 4\nmax_eval_images: 2\n"
+                       "seeds: [0]\nteacher_seeds: [0]\nmethods: [baseline]\nexecution: {workers: 1}\n")
+    study = Study(load_profile(str(profile)), tmp_path / "out", progress=False, log=lambda *_: None)
+    spec = study.planned()[0]
+    error_file = study.out_dir / "runs" / spec.run_id / "error.txt"
+
+    def broken(self, spec):
+        raise RuntimeError("the box head's guard failed")
+    monkeypatch.setattr(Study, "execute", broken)
+    row = study.run_one(spec)
+    assert row["status"] == "failed" and row["error"] == "RuntimeError: the box head's guard failed"
+    assert "the box head's guard failed" in error_file.read_text()
+    monkeypatch.setattr(Study, "execute", lambda self, spec: {"map": 0.5, "map50": 0.8})
+    assert study.run_one(spec)["status"] == "ok" and not error_file.exists()
