@@ -311,7 +311,7 @@ class Int8Head(torch.nn.Module):
 def head_paths(model: torch.nn.Module) -> tuple[str, ...]:
     """The heads that int8 covers beside the family's quantizable part (its declaration's ``int8_heads``: Faster
     R-CNN's RoI box head), each quantized on its own inputs."""
-    return () if family_of(model) == "yolo" else tuple(declaration(model).get("int8_heads", ()))
+    return tuple(declaration(model).get("int8_heads", ()))
 
 
 def int8_heads(qmodel: torch.nn.Module) -> list[str]:
@@ -382,8 +382,7 @@ def _with_part(qmodel: torch.nn.Module, name: str, part: torch.nn.Module, graph:
     for attr in ("body_channels", "out_channels"):  # what the family's tap_channels and heads read
         if hasattr(part, attr):
             setattr(graph, attr, getattr(part, attr))
-    parent, _, attr = name.rpartition(".")
-    setattr(module_at(qmodel, parent) if parent else qmodel, attr, graph)
+    _set_module(qmodel, name, graph)
     return qmodel
 
 
