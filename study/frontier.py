@@ -93,7 +93,8 @@ class Point:
 def _role(g: Group, teacher_models: set) -> str:
     if g.method in ("teacher", "self-teacher"):
         return "teacher"
-    if (g.detector, g.backbone) in teacher_models or any(json.loads(r["hparams"] or "{}").get("compress")
+    # a compressed row names its compression (fp16's settings are empty) and the run it was made from
+    if (g.detector, g.backbone) in teacher_models or any("compress" in json.loads(r["hparams"] or "{}")
                                                          for r in g.ok):
         return "compressed"
     return "student"

@@ -10,10 +10,11 @@ from study.frontier import (best_at_budgets, differences, dose_response, method_
                             transfer_verdicts)
 
 
-def row(backbone, method, seed, map_, val=0.5, params=1e6, teacher=None, source=None, detector="faster_rcnn"):
+def row(backbone, method, seed, map_, val=0.5, params=1e6, teacher=None, source=None, detector="faster_rcnn",
+        compress=None):
     hp = {k: v for k, v in (("teacher_run", teacher), ("source_run", source)) if v}
     if source:
-        hp["compress"] = {"x": 1}
+        hp["compress"] = {"x": 1} if compress is None else compress
     return {"run_id": f"{detector}-{backbone}-{method}-s{seed}", "detector": detector, "backbone": backbone,
             "method": method, "seed": str(seed), "status": "ok", "map": str(map_), "val_map": str(val),
             "params": str(params), "gflops": "1", "size_mb": "1", "cpu_ms": "", "hparams": json.dumps(hp)}
@@ -65,6 +66,18 @@ def test_differences_pair_by_seed_and_compressed_models_against_their_source():
     assert pruned["mean"] == pytest.approx((0.47 + 0.48) / 2 - 0.50) and pruned["n"] == 2
     # Holm ran over the student comparisons of the detector: 2 sizes x hinton + ls + hinton-vs-ls
     assert small["holm_family"] == 4
+
+
+def test_fp16_of_a_student_is_compared_with_its_source_not_counted_as_a_student_method():
+    rows = study_rows()
+    source = next(r for r in rows if r["backbone"] == "mid" and r["method"] == "hinton" and r["seed"] == "0")
+    rows.append(row("mid", "fp16", 0, float(source["map"]) - 0.002, source=source["run_id"], compress={}))
+    points = {(p.group.backbone, p.group.method): p for p in points_of(rows)}
+    differences(list(points.values()), rows)
+    half = points[("mid", "fp16")]
+    assert half.role == "compressed" and set(half.diffs) == {"source"}
+    assert half.diffs["source"]["mean"] == pytest.approx(-0.002)
+    assert points[("small", "hinton")].diffs["baseline"]["holm_family"] == 4  # fp16 is not in the student family
 
 
 def test_quantization_aware_rows_against_post_training_int8_and_plain_qat_of_the_same_source_and_seed():
