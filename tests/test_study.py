@@ -102,19 +102,28 @@ def test_killed_study_resumes_where_it_stopped(tmp_path):
     import sys
     import time
 
-    cmd = [sys.executable, "-m", "study", "run", "--profile", "smoke", "--out", str(tmp_path), "--no-progress"]
+    import yaml
+
+    from study.defaults import PROFILE_DIR
+
+    small = yaml.safe_load((PROFILE_DIR / "smoke.yaml").read_text()) | {"detectors": ["faster_rcnn"],
+                                                                         "methods": ["baseline", "hinton"]}
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(small))  # the smoke study's Faster R-CNN: three runs
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "study", "run", "--profile", str(tmp_path / "small.yaml"), "--out", str(out),
+           "--no-progress"]
     env = dict(os.environ, YOLO_OFFLINE="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and len(read_runs(tmp_path / "runs.csv")) < 2:
+    while time.time() < deadline and len(read_runs(out / "runs.csv")) < 2:
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)  # in the middle of the third run
     proc.wait()
-    before = {r["run_id"]: r for r in read_runs(tmp_path / "runs.csv")}
-    n_runs = len(plan_runs(load_profile("smoke"), "bccd"))
+    before = {r["run_id"]: r for r in read_runs(out / "runs.csv")}
+    n_runs = len(plan_runs(load_profile(str(tmp_path / "small.yaml")), "bccd"))
     assert 2 <= len(before) < n_runs
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, timeout=600)
-    after = read_runs(tmp_path / "runs.csv")
+    after = read_runs(out / "runs.csv")
     ids = [r["run_id"] for r in after]
     assert len(ids) == len(set(ids)) == n_runs
     assert all(r["status"] == "ok" for r in after)
@@ -125,17 +134,31 @@ def test_killed_study_resumes_where_it_stopped(tmp_path):
     assert all(float(r["cpu_ms"]) > 0 for r in after)
 
 
-def test_compression_rows_reuse_the_teacher(smoke):
+def test_compression_rows_reuse_the_teacher(smoke, tmp_path):
+    import shutil
+
+    from study.store import upsert_run
+
     profile, out, runs_csv = smoke
-    compress = dict(profile, faster_rcnn=dict(profile["faster_rcnn"],
-                                              compress=["prune", "prune+kd", "prune-iterative", "int8", "fp16"]),
+    # the smoke study's Faster R-CNN teacher and baseline, copied: the latency pass at the end times only these
+    for row in read_runs(runs_csv):
+        if row["detector"] == "faster_rcnn" and row["method"] in ("teacher", "baseline"):
+            upsert_run(tmp_path / "runs.csv", row)
+            shutil.copytree(out / "runs" / row["run_id"], tmp_path / "runs" / row["run_id"])
+    compress = dict(profile, detectors=["faster_rcnn"], methods=["baseline"],
+                    faster_rcnn=dict(profile["faster_rcnn"],
+                                     compress=["prune", "prune+kd", "prune-iterative", "int8", "fp16"]),
                     compression=dict(profile["compression"],
                                      **{"prune": dict(profile["compression"]["prune"], finetune_epochs=1),
                                         "prune+kd": dict(profile["compression"]["prune+kd"], finetune_epochs=1),
                                         "prune-iterative": dict(profile["compression"]["prune-iterative"],
                                                                 finetune_epochs=2)}))
-    rows = [r for r in read_runs(Study(compress, out, progress=False, log=lambda *_: None).run())
-            if r["detector"] == "faster_rcnn"]
+    trained = []
+    study = Study(compress, tmp_path, progress=False, log=lambda *_: None)
+    execute = study.execute
+    study.execute = lambda spec: trained.append(spec.method) or execute(spec)
+    rows = read_runs(study.run())
+    assert sorted(trained) == sorted(["prune", "prune+kd", "prune-iterative", "int8", "fp16"])
     by_method = {r["method"]: r for r in rows}
     teacher = by_method["teacher"]
     assert len([r for r in rows if r["method"] == "teacher"]) == 1  # reused, not retrained
