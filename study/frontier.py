@@ -261,7 +261,7 @@ def ols(cells: list[dict], level: float = 0.95) -> dict | None:
 
 def best_at_budgets(points: list[Point], column: str = "params") -> list[dict]:
     """For each budget point (a student size's ``baseline`` or a teacher or compressed teacher): the most accurate
-    model with at most its ``column`` (params or cpu_ms), and the runner-up, per detector."""
+    model with at most its ``column`` (params, gflops, size_mb or cpu_ms), and the runner-up, per detector."""
     out = []
     for detector in dict.fromkeys(p.group.detector for p in points):
         mine = [p for p in points if p.group.detector == detector and getattr(p, column) is not None

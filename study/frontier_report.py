@@ -25,7 +25,7 @@ CLASS_ORDER = ["teacher", "student alone", "student alone, 2x epochs", "Hinton K
                "classic KD (fitnets)", "classic KD (at)", "classic KD (nst)", "label smoothing (control)",
                "self-distillation (control)", "pruned teacher", "pruned teacher + KD", "int8", "int8 QAT", "int8 QAT + KD", "fp16"]
 AXES = (("params", "Parameters (M)", "params"), ("gflops", "GFLOPs per image", "gflops"),
-        ("cpu_ms", "CPU latency per image (ms, batch 1)", "latency"))
+        ("size_mb", "Size on disk (MB)", "size"), ("cpu_ms", "CPU latency per image (ms, batch 1)", "latency"))
 
 
 def add_bootstrap(points: list[Point], rows: list[dict], detections_dir: Path, gt, n_boot: int, seed: int) -> int:
@@ -105,7 +105,7 @@ def differences_table(points: list[Point]) -> str:
 
 
 def best_table(points: list[Point], column: str) -> str:
-    unit = {"params": "M params", "cpu_ms": "CPU ms"}[column]
+    unit = {"params": "M params", "gflops": "GFLOPs", "size_mb": "MB on disk", "cpu_ms": "CPU ms"}[column]
     lines = [f"| Detector | Budget ({unit}) | Best model | Test mAP [95% t] | Runner-up | Test mAP [95% t] |",
              "|---|---|---|---|---|---|"]
     for b in best_at_budgets(points, column):
@@ -127,37 +127,46 @@ def transfer_lines(points: list[Point]) -> list[str]:
     return out
 
 
+# each class keeps one colour and marker in every panel and figure: 16 distinct colours, one per class
+CLASS_COLOURS = ["#000000", "#0072B2", "#56B4E9", "#D55E00", "#009E73", "#E69F00", "#CC79A7", "#8C564B", "#7F7F7F",
+                 "#BCBD22", "#9467BD", "#D62728", "#17BECF", "#332288", "#44AA99", "#882255"]
+CLASS_STYLE = {cls: {"color": CLASS_COLOURS[i % len(CLASS_COLOURS)], "marker": MARKERS[i % len(MARKERS)]}
+               for i, cls in enumerate(CLASS_ORDER)}
+# two panels per detector: the students' methods, and the compressed models beside the models they compress
+PANELS = (("students: distillation and controls", lambda p: p.role != "compressed"),
+          ("compressed: pruned and quantized", lambda p: p.role == "compressed" or p.cls in ("teacher", "student alone")))
+
+
 def frontier_figure(points: list[Point], column: str, xlabel: str, out: Path, stem: str) -> str | None:
-    """Test mAP against ``column``, one panel per detector, one line per method class through its budget points,
-    95% t-intervals as bars (bootstrap where there is one run)."""
+    """Test mAP against ``column``: per detector a row of two panels (the students' methods; the compressed models
+    with the teacher and the student alone for reference), one line per method class through its budget points,
+    95% t-intervals as bars (bootstrap where there is one run), the detector's Pareto front dotted in both."""
     detectors = list(dict.fromkeys(p.group.detector for p in points if getattr(p, column) is not None))
     if not detectors:
         return None
-    fig, axes = plt.subplots(1, len(detectors), figsize=(6.5 * len(detectors), 4.8), squeeze=False)
-    classes = [c for c in CLASS_ORDER if any(p.cls == c for p in points)]
-    for ax, detector in zip(axes[0], detectors):
-        for i, cls in enumerate(classes):
-            mine = sorted((p for p in points if p.group.detector == detector and p.cls == cls
-                           and getattr(p, column) is not None), key=lambda p: getattr(p, column))
-            if not mine:
-                continue
-            xs, ys = [getattr(p, column) for p in mine], [p.map for p in mine]
-            lows = [p.t_low if p.t_low is not None else (p.boot or {}).get("low", p.map) for p in mine]
-            highs = [p.t_high if p.t_high is not None else (p.boot or {}).get("high", p.map) for p in mine]
-            style = {"color": OKABE_ITO[i % len(OKABE_ITO)], "marker": MARKERS[i % len(MARKERS)]}
-            ax.errorbar(xs, ys, yerr=[[y - lo for y, lo in zip(ys, lows)], [hi - y for y, hi in zip(ys, highs)]],
-                        capsize=3, markersize=7, linewidth=1.2, label=cls,
-                        linestyle="-" if len(mine) > 1 else "none", **style)
-        front = pareto([p for p in points if p.group.detector == detector], column)
-        if len(front) > 1:
-            ax.plot([getattr(p, column) for p in front], [p.map for p in front], linestyle=":", color="grey",
-                    linewidth=1, zorder=0, label="Pareto front")
-        ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("COCO mAP@[.5:.95] (test)")
-        ax.set_title(detector)
-        ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig, axes = plt.subplots(len(detectors), len(PANELS), figsize=(6.2 * len(PANELS), 5.6 * len(detectors)),
+                             squeeze=False, sharey="row")
+    for row, detector in zip(axes, detectors):
+        mine = [p for p in points if p.group.detector == detector and getattr(p, column) is not None]
+        front = pareto(mine, column)
+        for ax, (title, shown) in zip(row, PANELS):
+            for cls in [c for c in CLASS_ORDER if any(p.cls == c and shown(p) for p in mine)]:
+                line = sorted((p for p in mine if p.cls == cls and shown(p)), key=lambda p: getattr(p, column))
+                xs, ys = [getattr(p, column) for p in line], [p.map for p in line]
+                lows = [p.t_low if p.t_low is not None else (p.boot or {}).get("low", p.map) for p in line]
+                highs = [p.t_high if p.t_high is not None else (p.boot or {}).get("high", p.map) for p in line]
+                ax.errorbar(xs, ys, yerr=[[y - lo for y, lo in zip(ys, lows)], [hi - y for y, hi in zip(ys, highs)]],
+                            capsize=3, markersize=7, linewidth=1.2, label=cls,
+                            linestyle="-" if len(line) > 1 else "none", **CLASS_STYLE[cls])
+            if len(front) > 1:
+                ax.plot([getattr(p, column) for p in front], [p.map for p in front], linestyle=":", color="grey",
+                        linewidth=1, zorder=0, label="Pareto front (all models)")
+            ax.set_xscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("COCO mAP@[.5:.95] (test)")
+            ax.set_title(f"{detector}: {title}", fontsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     return _save(fig, out, stem)
 
 
@@ -225,6 +234,7 @@ def write_frontier(runs_csv: Path, out: Path, gt=None, n_boot: int = 1000, seed:
              "their test detections kept): it adds the uncertainty of sampling the test images, which the "
              "t-interval leaves out. Holm over each detector's student comparisons.", "",
              "## Best model at each budget", "", "By parameters:", "", best_table(points, "params")]
+    lines += ["By size on disk:", "", best_table(points, "size_mb")]
     if any(p.cpu_ms is not None for p in points):
         lines += ["By measured CPU latency:", "", best_table(points, "cpu_ms")]
     lines += ["## Every budget point", "", points_table(points),
