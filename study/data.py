@@ -106,9 +106,13 @@ def _carve(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Samp
 def _complete_splits(splits: dict[str, list[Sample]], source: str, seed: int, fraction: float) -> dict[str, list[Sample]]:
     if not splits.get("train"):
         raise DataError(f"{source}: no training images (empty or missing train split)")
-    for missing in ("val", "test"):
-        if missing not in splits:
-            splits["train"], splits[missing] = _carve(splits["train"], fraction, seed)
+    carved = [missing for missing in ("val", "test") if missing not in splits]
+    n_train = len(splits["train"])
+    for missing in carved:
+        splits["train"], splits[missing] = _carve(splits["train"], fraction, seed)
+    if carved and not splits["train"]:
+        raise DataError(f"{source}: {n_train} training images are too few to carve {' and '.join(carved)} from "
+                        "(each takes at least one image)")
     for name in SPLITS:
         if not splits[name]:
             raise DataError(f"{source}: split '{name}' is empty")

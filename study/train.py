@@ -197,7 +197,7 @@ def train(model: torch.nn.Module, loss_fn: Callable, student: torch.nn.Module, t
                 sums[k] = sums.get(k, 0.0) + v.detach().float() * len(idx)
             seen += len(idx)
             if progress and step % 10 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3f}", img_s=f"{seen / (time.perf_counter() - epoch_start):.1f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", img_s=f"{seen / (time.perf_counter() - epoch_start):.1f}")
         epoch_losses = {k: float(v) / seen for k, v in sums.items()}  # one host sync per epoch
         if sync_free and not all(math.isfinite(v) for v in epoch_losses.values()):
             bad = [k for k, v in epoch_losses.items() if not math.isfinite(v)]

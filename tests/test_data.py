@@ -35,6 +35,12 @@ def test_voc_missing_val_split_is_carved_from_train_deterministically(tmp_path, 
     assert not {s.image_path for s in a.splits["val"]} & {s.image_path for s in a.splits["train"]}
 
 
+def test_too_few_training_images_to_carve_the_missing_splits_is_said_so(tmp_path, ids):
+    root = make_voc(tmp_path / "v", {"train": ids[:2]})  # val and test carved: one image each, none left to train
+    with pytest.raises(DataError, match="2 training images are too few to carve val and test from"):
+        load_dataset(f"voc:{root}")
+
+
 def test_splits_sharing_an_image_by_path_are_an_error_naming_both_splits_and_the_file(tmp_path, ids):
     root = make_voc(tmp_path / "v", {"train": ids[:5], "val": ids[4:7], "test": ids[7:]})
     with pytest.raises(DataError, match=f"splits 'train' and 'val' share an image: .*{ids[4]}.jpg$"):
