@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from methods.distill import METHODS as DISTILL_METHODS
+from methods.distill.distiller import parse_method
 from study.errors import MissingInput, StudyError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -217,9 +218,48 @@ def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+def _bad_methods(key: str, methods) -> list[str]:
+    """A student method list's entries that no run could train: ``baseline``, ``baseline-long`` or distillation
+    parts joined by ``+`` (with an optional ``@variant``)."""
+    if not isinstance(methods, list):
+        return [f"{key} must be a list of methods, not {methods!r}"]
+    out = []
+    for method in methods:
+        if method in ("baseline", "baseline-long"):
+            continue
+        try:
+            parse_method(str(method))
+        except ValueError as exc:
+            out.append(f"{key}: {exc}")
+    return out
+
+
+def _bad_model(family: str, role: str, settings: dict) -> list[str]:
+    """A role's backbone (Faster R-CNN, FCOS) or model (YOLO) that the family cannot build."""
+    from detectors.backbones import BODIES
+    from detectors.yolo import YOLO_MODELS
+
+    known = YOLO_MODELS if family == "yolo" else BODIES
+    name = settings.get("model" if family == "yolo" else "backbone")
+    if name is not None and name not in known:
+        return [f"{family}.{role}.{'model' if family == 'yolo' else 'backbone'}: unknown {name!r} (known: "
+                f"{', '.join(known)})"]
+    return []
+
+
+def _bad_compression(key: str, comp) -> list[str]:
+    if not isinstance(comp, dict):
+        return [f"{key} must be a mapping of settings, not {comp!r}"]
+    r = comp.get("flops_reduction")
+    if r is not None and not (isinstance(r, (int, float)) and 0 < r < 1):
+        return [f"{key}.flops_reduction must be a fraction between 0 and 1, not {r!r}"]
+    return []
+
+
 def bad_values(profile: dict) -> list[str]:
     """What a profile sets that no run could use, each as ``key must be ..., not value`` (checked before anything
-    trains): sizes, epochs, seeds, the latency rounds."""
+    trains): image size, epochs, seeds (whole and distinct), methods, backbones and models, pruning fractions, the
+    latency rounds, workers."""
     out = []
 
     def need(ok: bool, key: str, what: str, value) -> None:
@@ -233,19 +273,36 @@ def bad_values(profile: dict) -> list[str]:
         need(isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
              and (key != "seeds" or value), key, "a list of whole numbers" + (" (at least one)" if key == "seeds"
                                                                              else ""), value)
+        if isinstance(value, list):
+            twice = sorted({v for v in value if value.count(v) > 1}, key=str)
+            need(not twice, key, f"a list of distinct seeds ({twice[0] if twice else ''} is there twice)", value)
     need(isinstance(profile["long_factor"], (int, float)) and profile["long_factor"] > 0, "long_factor",
          "a positive number", profile["long_factor"])
+    out += _bad_methods("methods", profile["methods"])
     for family in profile["detectors"]:
         if family not in FAMILIES:
             out.append(f"detectors: unknown detector {family!r} (known: {', '.join(FAMILIES)})")
             continue
         section = profile[family]
+        if "methods" in section:
+            out += _bad_methods(f"{family}.methods", section["methods"])
         roles = [("teacher", section["teacher"]), ("student", section["student"])]
-        roles += [(f"sizes[{n}].student", {"epochs": section["student"]["epochs"]} | size.get("student", {}))
-                  for n, size in enumerate(section.get("sizes") or [], 1)]
+        for n, size in enumerate(section.get("sizes") or [], 1):
+            roles.append((f"sizes[{n}].student", {"epochs": section["student"]["epochs"]} | size.get("student", {})))
+            if "methods" in size:
+                out += _bad_methods(f"{family}.sizes[{n}].methods", size["methods"])
         for role, settings in roles:
             need(_positive_int(settings.get("epochs")), f"{family}.{role}.epochs", "a whole number >= 1",
                  settings.get("epochs"))
+            out += _bad_model(family, role, settings)
+        for name, comp in (section.get("compression") or {}).items():
+            out += _bad_compression(f"{family}.compression.{name}", comp)
+    for name, comp in profile["compression"].items():
+        out += _bad_compression(f"compression.{name}", comp)
+    workers = profile["execution"]["workers"]
+    need(workers == "auto" or _positive_int(workers), "execution.workers", "'auto' or a whole number >= 1", workers)
+    need(_positive_int(profile["execution"]["threads_per_worker"]), "execution.threads_per_worker",
+         "a whole number >= 1", profile["execution"]["threads_per_worker"])
     for key in ("rounds", "images"):
         value = profile["cost"][key]
         least = 2 if key == "rounds" else 1

@@ -88,7 +88,20 @@ def test_a_later_setting_is_in_a_runs_hparams_only_away_from_its_earlier_behavio
     ("cost: {rounds: 1}\n", "cost.rounds must be a whole number >= 2 (a latency's spread needs two rounds), not 1"),
     ("seeds: []\n", "seeds must be a list of whole numbers (at least one), not []"),
     ("faster_rcnn: {sizes: [{student: {backbone: shallow-s, epochs: 0}}]}\n",
-     "faster_rcnn.sizes[1].student.epochs must be a whole number >= 1, not 0")])
+     "faster_rcnn.sizes[1].student.epochs must be a whole number >= 1, not 0"),
+    ("seeds: [0, 1, 0]\n", "seeds must be a list of distinct seeds (0 is there twice), not [0, 1, 0]"),
+    ("methods: [baseline, hintn]\n", "methods: unknown distillation method 'hintn' (parts: hinton, fitnets, at, nst, "
+     "pkd, cwd, fgfi, ld, ls, joined by '+')"),
+    ("faster_rcnn: {sizes: [{student: {backbone: shallow-s}, methods: [hinton+atx]}]}\n",
+     "faster_rcnn.sizes[1].methods: unknown distillation method 'hinton+atx' (parts: hinton, fitnets, at, nst, pkd, "
+     "cwd, fgfi, ld, ls, joined by '+')"),
+    ("faster_rcnn: {sizes: [{student: {backbone: nope}}]}\n", "faster_rcnn.sizes[1].student.backbone: unknown 'nope' "
+     "(known: resnet50, resnet18, shallow, shallow-xs, shallow-s, shallow-l)"),
+    ("detectors: [yolo]\nyolo: {student: {model: yolov9z}}\n", "yolo.student.model: unknown 'yolov9z' (known: "
+     "yolov8n, yolov8s, yolov8m, yolo11n, yolo11s, yolov8t, yolov8p, yolov8f)"),
+    ("compression: {prune-50: {flops_reduction: 1.5}}\n",
+     "compression.prune-50.flops_reduction must be a fraction between 0 and 1, not 1.5"),
+    ("execution: {workers: 0}\n", "execution.workers must be 'auto' or a whole number >= 1, not 0")])
 def test_values_no_run_could_use_are_one_line_errors_before_anything_trains(tmp_path, text, message):
     profile = written(tmp_path, text)
     with pytest.raises(ValueError) as err:
