@@ -240,6 +240,11 @@ def _read_coco_file(ann_path: Path, image_dir: Path, clean: _BoxCleaner, class_n
         raise DataError(f"{ann_path}: malformed JSON ({exc.msg} at line {exc.lineno})") from None
     except (KeyError, TypeError) as exc:
         raise DataError(f"{ann_path}: not a COCO detection file (missing {exc})") from None
+    for kind, entries, keys in (("category", categories, ("id", "name")), ("image", images, ("id", "file_name"))):
+        for n, entry in enumerate(entries):
+            lacking = [k for k in keys if not isinstance(entry, dict) or k not in entry]
+            if lacking:
+                raise DataError(f"{ann_path}: {kind} entry {n} has no '{lacking[0]}'")
     cats = sorted(categories, key=lambda c: c["id"])
     names = [c["name"] for c in cats]
     if class_names is not None and names != class_names:
@@ -249,9 +254,18 @@ def _read_coco_file(ann_path: Path, image_dir: Path, clean: _BoxCleaner, class_n
     for ann in annotations:
         if ann.get("iscrowd", 0):
             continue
-        if ann["category_id"] not in label_of:
-            raise DataError(f"{ann_path}: annotation {ann.get('id')} has unknown category_id {ann['category_id']}")
-        per_image[ann["image_id"]].append(ann)
+        if ann.get("category_id") not in label_of:
+            raise DataError(f"{ann_path}: annotation {ann.get('id')} has unknown category_id {ann.get('category_id')}")
+        box = ann.get("bbox")
+        if not (isinstance(box, list) and len(box) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+            raise DataError(f"{ann_path}: annotation {ann.get('id')} has no bbox [x, y, width, height] (got {box!r})")
+        per_image[ann.get("image_id")].append(ann)
+    orphans = set(per_image) - {img["id"] for img in images}
+    if orphans:
+        image_id = sorted(orphans, key=str)[0]
+        raise DataError(f"{ann_path}: annotation {per_image[image_id][0].get('id')} refers to image_id {image_id!r}, "
+                        "which no image has")
     samples = []
     for img in images:
         path = image_dir / img["file_name"]

@@ -154,6 +154,23 @@ def test_coco_malformed_json_and_unknown_category(tiny_voc, ids, tmp_path):
         load_dataset(f"coco:{tmp_path / 'ann.json'}:{tiny_voc / 'JPEGImages'}")
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["annotations"][0].pop("bbox"), "annotation 1 has no bbox [x, y, width, height] (got None)"),
+    (lambda d: d["annotations"][0].update(bbox="1,2,3,4"), "annotation 1 has no bbox [x, y, width, height] (got '1,2,3,4')"),
+    (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), "annotation 1 has no bbox [x, y, width, height] (got [1, 2, 3])"),
+    (lambda d: d["annotations"][0].update(image_id=4242), "annotation 1 refers to image_id 4242, which no image has"),
+    (lambda d: d["images"][1].pop("file_name"), "image entry 1 has no 'file_name'"),
+    (lambda d: d["categories"][0].pop("name"), "category entry 0 has no 'name'")])
+def test_coco_entry_that_cannot_be_read_is_named_in_one_line(tiny_voc, ids, tmp_path, change, message):
+    _coco_from_voc(tiny_voc, ids, tmp_path / "ann.json")
+    doc = json.loads((tmp_path / "ann.json").read_text())
+    change(doc)
+    (tmp_path / "ann.json").write_text(json.dumps(doc))
+    with pytest.raises(DataError) as err:
+        load_dataset(f"coco:{tmp_path / 'ann.json'}:{tiny_voc / 'JPEGImages'}")
+    assert str(err.value) == f"{tmp_path / 'ann.json'}: {message}"
+
+
 def _yolo_from_voc(voc_root, ids, root):
     data = load_dataset(f"voc:{voc_root}")
     samples = {s.image_path.stem: s for v in data.splits.values() for s in v}
