@@ -319,6 +319,21 @@ def _yolo_label_path(image_path: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
+def _yolo_row(values: list[str], label_path: Path, n: int) -> tuple[int, float, float, float, float]:
+    """One label line as (class, cx, cy, w, h): a box ``class cx cy w h``, or a polygon ``class x1 y1 x2 y2 x3 y3
+    ...`` (ultralytics' segment labels) as the box around its points, as ultralytics reads them for detection."""
+    try:
+        cls, coords = int(values[0]), [float(v) for v in values[1:]]
+    except (ValueError, IndexError):
+        coords = None
+    if coords is None or not (len(coords) == 4 or (len(coords) >= 6 and len(coords) % 2 == 0)):
+        raise DataError(f"{label_path}: line {n} is not 'class cx cy w h' (nor a polygon 'class x1 y1 x2 y2 x3 y3 ...')")
+    if len(coords) == 4:
+        return (cls, *coords)
+    xs, ys = coords[0::2], coords[1::2]
+    return cls, (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys)
+
+
 def load_yolo(yaml_path: Path, seed: int = 0, carve_fraction: float = 0.15) -> DetectionData:
     yaml_path = Path(yaml_path)
     if not yaml_path.is_file():
@@ -330,6 +345,8 @@ def load_yolo(yaml_path: Path, seed: int = 0, carve_fraction: float = 0.15) -> D
         raise DataError(f"{yaml_path}: malformed YAML ({str(exc).splitlines()[0]})") from None
     except (KeyError, TypeError):
         raise DataError(f"{yaml_path}: no 'names' list") from None
+    if not isinstance(names, (dict, list)) or not names:
+        raise DataError(f"{yaml_path}: 'names' must be a list or a mapping of class names, not {names!r}")
     class_names = [names[k] for k in sorted(names)] if isinstance(names, dict) else list(names)
     base = Path(doc.get("path") or yaml_path.parent)
     if not base.is_absolute():
@@ -349,11 +366,7 @@ def load_yolo(yaml_path: Path, seed: int = 0, carve_fraction: float = 0.15) -> D
                 for n, line in enumerate(label_path.read_text().splitlines(), 1):
                     if not line.strip():
                         continue
-                    try:
-                        cls, cx, cy, w, h = line.split()[:5]
-                        cls, cx, cy, w, h = int(cls), float(cx), float(cy), float(w), float(h)
-                    except ValueError:
-                        raise DataError(f"{label_path}: line {n} is not 'class cx cy w h'") from None
+                    cls, cx, cy, w, h = _yolo_row(line.split(), label_path, n)
                     if not 0 <= cls < len(class_names):
                         raise DataError(f"{label_path}: line {n} has unknown class index {cls}")
                     if not all(math.isfinite(v) for v in (cx, cy, w, h)):

@@ -208,6 +208,25 @@ def test_yolo_bad_line_and_unknown_class_index(tiny_voc, ids, tmp_path):
     label.write_text("0 0.5 0.5 0.2 0.2\n0 nan 0.5 0.2 0.2\n")
     with pytest.raises(DataError, match=f"{ids[0]}.txt: line 2 has a non-finite coordinate"):
         load_dataset(f"yolo:{tmp_path / 'y' / 'data.yaml'}")
+    label.write_text("0 0.5 0.5 0.2 0.2 0.9\n")  # six values: neither a box nor a polygon
+    with pytest.raises(DataError, match=f"{ids[0]}.txt: line 1 is not 'class cx cy w h'"):
+        load_dataset(f"yolo:{tmp_path / 'y' / 'data.yaml'}")
+    (tmp_path / "y" / "data.yaml").write_text("path: .\ntrain: images/train\nnames: 3\n")
+    with pytest.raises(DataError, match="data.yaml: 'names' must be a list or a mapping of class names, not 3"):
+        load_dataset(f"yolo:{tmp_path / 'y' / 'data.yaml'}")
+
+
+def test_yolo_polygon_label_is_read_as_the_box_around_its_points(tiny_voc, ids, tmp_path):
+    samples = _yolo_from_voc(tiny_voc, ids, tmp_path / "y")
+    label = tmp_path / "y" / "labels" / "train" / f"{ids[0]}.txt"
+    # a triangle with x in [0.2, 0.6] and y in [0.1, 0.5]: the box (0.4, 0.3, 0.4, 0.4), beside a plain box line
+    label.write_text("1 0.2 0.5 0.6 0.5 0.4 0.1\n0 0.5 0.5 0.2 0.2\n")
+    data = load_dataset(f"yolo:{tmp_path / 'y' / 'data.yaml'}")
+    [s] = [s for s in data.splits["train"] if s.image_path.stem == ids[0]]
+    w, h = samples[ids[0]].width, samples[ids[0]].height
+    np.testing.assert_allclose(s.boxes, [[0.2 * w, 0.1 * h, 0.6 * w, 0.5 * h], [0.4 * w, 0.4 * h, 0.6 * w, 0.6 * h]],
+                               atol=1e-3)
+    assert s.labels.tolist() == [2, 1]
 
 
 def test_cli_reports_bad_data_in_one_line(tiny_voc, ids, tmp_path):
