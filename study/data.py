@@ -153,7 +153,10 @@ def _read_voc_xml(path: Path) -> tuple[int | None, int | None, list[tuple[str, l
     size = root.find("size")
     width = height = None
     if size is not None and size.findtext("width") and size.findtext("height"):
-        width, height = int(float(size.findtext("width"))), int(float(size.findtext("height")))
+        try:
+            width, height = int(float(size.findtext("width"))), int(float(size.findtext("height")))
+        except ValueError:
+            raise DataError(f"{path}: <size> has a non-numeric width or height") from None
     objects = []
     for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()

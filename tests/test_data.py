@@ -73,6 +73,10 @@ def test_voc_malformed_xml_names_the_file(tiny_voc, ids):
     (tiny_voc / "Annotations" / f"{ids[1]}.xml").write_text("<annotation><object>")
     with pytest.raises(DataError, match=f"{ids[1]}.xml: malformed XML"):
         load_dataset(f"voc:{tiny_voc}")
+    (tiny_voc / "Annotations" / f"{ids[1]}.xml").write_text(
+        "<annotation><size><width>640px</width><height>480</height></size></annotation>")
+    with pytest.raises(DataError, match=f"{ids[1]}.xml: <size> has a non-numeric width or height"):
+        load_dataset(f"voc:{tiny_voc}")
 
 
 def test_voc_unknown_class_against_labels_file(tiny_voc, ids):
