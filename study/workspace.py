@@ -22,6 +22,7 @@ from detectors.fcos import build_fcos
 from detectors.yolo import build_yolo, configure_ultralytics
 from methods.distill.distiller import TeacherCache
 from study.data import DetectionData, load_dataset
+from study.errors import StudyError
 from study.evaluate import coco_ground_truth
 from study.images import ImageSet, canvas_size, load_images
 from study.plan import SHAPE_KEYS, RunSpec, plan_runs
@@ -46,6 +47,8 @@ class Workspace:
     def __init__(self, profile: dict, out_dir: Path, data_spec: str, device: torch.device, log=print):
         self.profile = profile
         self.out_dir = Path(out_dir)
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise StudyError(f"{self.out_dir}: the study's output folder is a file")
         configure_ultralytics(self.out_dir / ".ultralytics")  # its settings file stays in the results folder
         self.runs_csv = self.out_dir / "runs.csv"
         self.data_spec = data_spec

@@ -242,6 +242,14 @@ def test_cli_reports_bad_data_in_one_line(tiny_voc, ids, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_cli_output_folder_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "out").write_text("not a folder")
+    proc = subprocess.run([sys.executable, "-m", "study", "run", "--profile", "smoke", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'out'}: the study's output folder is a file"
+
+
 def test_images_are_decoded_once_onto_one_canvas_with_boxes_scaled(tiny_voc):
     data = load_dataset(f"voc:{tiny_voc}")
     canvas = canvas_size(data.splits["train"], 128)
