@@ -111,7 +111,7 @@ def best_table(points: list[Point], column: str) -> str:
     for b in best_at_budgets(points, column):
         best, second = b["best"], b["runner_up"]
         fmt = lambda p: ("–", "–") if p is None else (p.label, f"{p.map:.3f} " + (  # noqa: E731
-            "" if p.t_low is None else f"[{p.t_low:.3f}, {p.t_high:.3f}]"))
+            f"(n = {len(p.group.ok)})" if p.t_low is None else f"[{p.t_low:.3f}, {p.t_high:.3f}]"))
         lines.append(f"| {b['detector']} | ≤ {b['budget']:.2f} | {fmt(best)[0]} | {fmt(best)[1]} | "
                      f"{fmt(second)[0]} | {fmt(second)[1]} |")
     return "\n".join(lines) + "\n"

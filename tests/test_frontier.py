@@ -117,3 +117,13 @@ def test_best_at_each_budget_and_transfer_calls():
     calls = {t["point"].label: t["call"] for t in transfer_verdicts(points)}
     # mid hinton beats baseline (+1.0 to +1.2 pts) and ls (+0.5 to +0.7) on every seed; self-distillation is absent
     assert calls == {"mid hinton": "beats ls; hinton@self not measured here"}
+
+
+def test_best_table_says_n_where_a_row_has_no_interval():
+    from study.frontier_report import best_table
+
+    rows = [row("mid", "baseline", s, 0.48 + 0.01 * s) for s in range(3)] + [row("mid", "hinton", 0, 0.52)]
+    points = points_of(rows)
+    table = best_table(points, "params")
+    # the best (hinton, one run) carries its n; the runner-up (baseline, 3 runs: mean 0.49) its t-interval
+    assert "| mid hinton | 0.520 (n = 1) | mid baseline | 0.490 [" in table
