@@ -17,7 +17,7 @@ from methods.prune import prune_backbone
 from methods.quantize import fp16_weights, upcast
 from methods.quantize_pt2e import convert_qat, prepare_qat, quantize_int8_pt2e, save_int8
 from study.cost import count_params, measure
-from study.evaluate import evaluate
+from study.evaluate import evaluate, evaluate_map
 from study.train import seed_everything
 
 
@@ -54,7 +54,7 @@ def prune(study, spec, model: torch.nn.Module, run_dir: Path, image: torch.Tenso
                               loss_fn=loss_fn, round_to=cfg.get("round_to"))
         # a design pilot never touches the test split
         key, split = ("val_map_before_finetune", "val") if study.val_only else ("map_before_finetune", "test")
-        step[key] = evaluate(model.to(study.device), study.image_set(split), classes, study.device)["map"]
+        step[key] = evaluate_map(model.to(study.device), study.image_set(split), classes, study.device)
         epochs = max(1, cfg["finetune_epochs"] // steps + (k <= cfg["finetune_epochs"] % steps))
         model, results["adapter_params"], result = study.train_run(spec, run_dir, model=model, epochs=epochs,
                                                                    train_cfg=finetune)
@@ -148,7 +148,7 @@ def execute_compression(study, spec) -> dict:
     made = METHODS[method_of(spec.method)](study, spec, model, run_dir, image)
     device = made.device or study.device
     if study.val_only:  # a design pilot: the validation mAP of the model as made (int8: converted), never test
-        val_map = evaluate(made.model.to(device), study.image_set("val"), study.data().class_names, device)["map"]
+        val_map = evaluate_map(made.model.to(device), study.image_set("val"), study.data().class_names, device)
         details = made.details | ({"best_val_map_in_training": made.results["val_map"]}
                                   if "val_map" in made.results else {})
         study.keep_spec(spec)

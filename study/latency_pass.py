@@ -17,7 +17,7 @@ import torch
 
 from methods.quantize_pt2e import load_int8, lowered
 from study.cost import interleaved_latency, latency_ms
-from study.evaluate import evaluate
+from study.evaluate import evaluate_map
 from study.plan import RunSpec
 from study.store import read_runs, upsert_runs
 from study.workspace import Workspace
@@ -96,5 +96,5 @@ def _onnxruntime_pass(workspace: Workspace, models: dict, cuda_ok: dict, images:
         out[run_id] = {"cpu_ms": timed[(run_id, "ort")]["cpu_ms"], "cpu_ms_iqr": timed[(run_id, "ort")]["cpu_ms_iqr"],
                        "eager_ms": timed[(run_id, "eager")]["cpu_ms"], "runtime": "onnxruntime",
                        "onnx_mb": detector.path.stat().st_size / 1e6,
-                       "onnx_map": evaluate(detector, test_set, classes, torch.device("cpu"))["map"]}
+                       "onnx_map": evaluate_map(detector, test_set, classes, torch.device("cpu"))}
     return out

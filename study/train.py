@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from study.evaluate import coco_ground_truth, evaluate
+from study.evaluate import coco_ground_truth, evaluate_map
 from study.images import ImageSet, flip_batch
 
 
@@ -206,7 +206,7 @@ def train(model: torch.nn.Module, loss_fn: Callable, student: torch.nn.Module, t
                   "lr": optimizer.param_groups[0]["lr"]} | epoch_losses
         record["loss"] = sum(epoch_losses.values())
         if epoch % cfg["val_every"] == 0 or epoch == epochs:
-            record["val_map"] = evaluate(evaluated, val_set, class_names, device, val_gt)["map"]
+            record["val_map"] = evaluate_map(evaluated, val_set, class_names, device, val_gt)
             if record["val_map"] > best_map:
                 best_map, best_epoch = record["val_map"], epoch
                 torch.save(evaluated.state_dict(), run_dir / "best.pt")

@@ -8,7 +8,7 @@ from torch import nn
 
 from study.cost import count_gflops, count_params, latency_ms, size_mb
 from study.data import Sample
-from study.evaluate import coco_ground_truth, coco_metrics
+from study.evaluate import coco_ground_truth, coco_map, coco_metrics
 from study.images import ImageSet
 
 
@@ -71,3 +71,34 @@ def test_shifted_box_gives_the_hand_computed_map():
 def test_no_detections_give_zero():
     gt = coco_ground_truth(_image_set([[[0, 0, 10, 10]]], [[1]]), ["a"])
     assert coco_metrics(gt, [], ["a"])["map"] == 0.0
+
+
+def test_map_alone_matches_the_hand_computed_cases():
+    gt = coco_ground_truth(_image_set([[[0, 0, 10, 10]]], [[1]]), ["a"])
+    assert coco_map(gt, [_det(0, [2, 0, 12, 10], 1)]) == pytest.approx(0.4)  # as above: 4 of 10 IoU thresholds
+    assert coco_map(gt, []) == 0.0
+    no_truth = coco_ground_truth(_image_set([[]], [[]]), ["a"])
+    assert coco_map(no_truth, [_det(0, [2, 0, 12, 10], 1)]) is None  # coco_metrics' map is None there too
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_map_alone_is_coco_metrics_map_bit_for_bit(seed):
+    """Per-epoch validation reads :func:`coco_map`; the reported test mAP comes from :func:`coco_metrics`: they must
+    agree exactly (``==``), also with small, medium and large boxes, tied scores, more than 100 detections on an
+    image, and a class with no ground truth."""
+    rng = np.random.default_rng(seed)
+    boxes, labels = [], []
+    for _ in range(6):
+        xy = rng.uniform(0, 300, (5, 2))
+        wh = rng.choice([8.0, 20.0, 60.0, 150.0], (5, 2)) * rng.uniform(0.8, 1.2, (5, 2))
+        boxes.append(np.concatenate([xy, xy + wh], 1).tolist())
+        labels.append(rng.integers(1, 3, 5).tolist())  # classes 1-2; class 3 has no ground truth
+    gt = coco_ground_truth(_image_set(boxes, labels, size=(500, 500)), ["a", "b", "c"])
+    dets = []
+    for i, (bs, ls) in enumerate(zip(boxes, labels)):
+        for b, l in zip(bs, ls):  # near-hits of every ground truth
+            dets.append(_det(i, (np.asarray(b) + rng.normal(0, 3, 4)).tolist(), l, float(rng.uniform(0.2, 1))))
+        for _ in range(110 if i == 0 else 20):  # clutter; image 0 past the 100-detection limit
+            xy, wh = rng.uniform(0, 400, 2), rng.uniform(5, 100, 2)
+            dets.append(_det(i, [*xy, *(xy + wh)], int(rng.integers(1, 4)), float(rng.choice([0.3, 0.5, 0.7]))))
+    assert coco_map(gt, dets) == coco_metrics(gt, dets, ["a", "b", "c"])["map"]
