@@ -1,8 +1,9 @@
 """Study-level progress: runs done of total, time elapsed and an estimate of the time left, one line per finished
 run (reads well in a log).
 
-The estimate comes from the epoch times the study has measured so far: each finished run gives seconds per
-epoch (its ``train_s`` over its epochs) for its kind, (detector, backbone, distilled or not); a run still to do
+The estimate comes from the epoch times the study has measured so far, in this execution and in the earlier ones
+that left rows in the same ``runs.csv`` (a resumed study knows its teachers' rates before any of this execution's
+runs finish; rows from another machine would mislead it): each finished run gives seconds per epoch (its ``train_s`` over its epochs) for its kind, (detector, backbone, distilled or not); a run still to do
 costs its epochs times its kind's rate, or the mean rate of its detector's measured kinds where its own kind has
 not run yet (distillation adds the teacher's cost, so a distilled kind never borrows a plain one's rate alone: it
 takes its backbone's plain rate times the distilled-over-plain ratio measured on another backbone, or
@@ -73,10 +74,12 @@ def _duration(seconds: float) -> str:
 class Progress:
     """Counts finished runs of an execution and logs one progress line after each."""
 
-    def __init__(self, todo: list[RunSpec], total: int, done_before: int, workers: int, log=print):
+    def __init__(self, todo: list[RunSpec], total: int, done_before: int, workers: int, log=print,
+                 earlier: list[dict] = ()):
+        """``earlier``: rows finished before this execution (their training times count in the estimate)."""
         self.left = {s.run_id: s for s in todo}
         self.total, self.done, self.workers, self.log = total, done_before, workers, log
-        self.rows: list[dict] = []
+        self.rows: list[dict] = [r for r in earlier if r["run_id"] not in self.left]
         self.started = time.perf_counter()
 
     def finished(self, row: dict) -> None:

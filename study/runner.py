@@ -282,7 +282,8 @@ class Study:
         at_once = self.runs_at_once(execution, todo)
         if todo and self.device.type == "cpu":
             self.check_threads(specs, self.threads_per_run(execution))
-        progress = Progress([spec for _, spec in todo], len(specs), len(specs) - len(todo), at_once, self.log)
+        progress = Progress([spec for _, spec in todo], len(specs), len(specs) - len(todo), at_once, self.log,
+                            earlier=read_runs(self.runs_csv))
 
         def record(row: dict) -> None:  # the driver alone writes runs.csv
             upsert_run(self.runs_csv, row)

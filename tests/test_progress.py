@@ -51,3 +51,18 @@ def test_progress_logs_one_line_per_finished_run():
     assert lines[0].startswith("progress: 4 of 5 runs, ") and lines[0].endswith(
         "about 2 min left (from the epoch times measured so far)")  # 20 epochs x 5 s = 100 s
     assert lines[1].startswith("progress: 5 of 5 runs, ") and lines[1].endswith(", done")
+
+
+def test_a_resumed_study_estimates_from_the_rows_of_its_earlier_executions():
+    """The teacher (resnet50, 30 s an epoch) finished in an earlier execution: after this execution's first
+    student, the pruned teacher's fine-tune left costs the teacher's rate, not the student's."""
+    teacher, student = spec("resnet50", 40), spec("shallow", 10)
+    pruned = spec("resnet50", 0, compress={"finetune_epochs": 8})
+    lines = []
+    p = Progress([student, pruned], total=3, done_before=1, workers=1, log=lines.append,
+                 earlier=[row(teacher, 1200.0), row(student, 999.0)])  # (a row still to do is not "earlier")
+    p.finished(row(student, 50.0))
+    assert lines[0].endswith("about 4 min left (from the epoch times measured so far)")  # 8 epochs x 30 s = 240 s
+    alone = Progress([student, pruned], total=3, done_before=1, workers=1, log=lines.append)
+    alone.finished(row(student, 50.0))
+    assert lines[1].endswith("about 1 min left (from the epoch times measured so far)")  # 8 x 5 s: the old guess
