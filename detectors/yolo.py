@@ -239,7 +239,8 @@ def point_anchors(offset: float):
 
 def yolo_tap_channels(model: "YOLODetector") -> dict[str, int]:
     """Channels of p3-p5: the inputs of the Detect head's box branches (after pruning too)."""
-    return {f"p{i + 3}": branch[0].conv.in_channels for i, branch in enumerate(model.detect.cv2)}
+    return {f"p{i + 3}": getattr(branch, "in_channels", None) or branch[0].conv.in_channels  # (an int8 branch)
+            for i, branch in enumerate(model.detect.cv2)}
 
 
 def yolo_features(model: "YOLODetector", x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -257,6 +258,10 @@ FAMILY = {
     "name": "yolo",
     "input": "model",  # the DetectionModel's input is the image batch (no normalisation)
     "taps": {f"p{i + 3}": {"module": "detect", "input": i, "stride": 2 ** (i + 3)} for i in range(3)},
+    # int8 beside the trunk (methods.quantize_pt2e): the Detect head's box (cv2) and class (cv3) branches of the
+    # three levels, each called on one level's maps, one row per image; the box decoding after them stays float
+    "int8_heads": tuple(f"detect.{branch}.{level}" for branch in ("cv2", "cv3") for level in range(3)),
+    "int8_head_rows": "images",
     "dense_logits": {"module": "detect", "pick": lambda output: _head_output(output)["scores"].transpose(1, 2)},
     "dense_boxes": {"module": "detect", "pick": lambda output: _head_output(output)["boxes"].transpose(1, 2)},
     "tap_channels": yolo_tap_channels,

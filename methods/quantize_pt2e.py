@@ -14,12 +14,14 @@ convolution, no code generation) or ``torch.compile`` with inductor; ONNX Runtim
 
 What is quantized (:func:`quantizable_part`): for Faster R-CNN and FCOS the family declaration's ``input`` module
 (:mod:`detectors`), the backbone (body + FPN), fed the transform's normalised batch; with ``heads``, also the heads
-the family declares in ``int8_heads`` (Faster R-CNN's RoI box head: :class:`Int8Head`, its own graph with a free
-number of rows, calibrated on its inputs); the RPN, the box predictor and the dense heads stay float. With
+the family declares in ``int8_heads``, each its own graph calibrated on its inputs (:class:`Int8Head`: Faster
+R-CNN's RoI box head, with a free number of rows; YOLO's six Detect branches, one row per image); the RPN, the box
+predictor and FCOS's dense heads stay float. With
 ``residual_inputs``, convolutions that feed a residual add are quantized at their output too
 (:func:`quantize_residual_inputs`: what ONNX Runtime needs to run them and the add in int8). For YOLO every layer
-before the Detect head (:class:`detectors.yolo.YOLOTrunk`; export handles C2f's ``chunk``, so no split is needed);
-the Detect head stays float. (The whole ``DetectionModel`` also exports and
+before the Detect head (:class:`detectors.yolo.YOLOTrunk`; export handles C2f's ``chunk``, so no split is needed),
+and with ``heads`` the Detect head's convolution branches; the head's box decoding (DFL, anchor points) stays
+float. (The whole ``DetectionModel`` also exports and
 quantizes, but the lowering pass fails on the head's anchor decoding, a data-dependent ``.item()``.) SiLU has no
 int8 pattern in ``X86InductorQuantizer`` and runs in float between int8 convolutions.
 
@@ -284,33 +286,48 @@ def lowered(qmodel: torch.nn.Module, image: torch.Tensor) -> torch.nn.Module:
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     qmodel = copy.deepcopy(qmodel).cpu().eval()
     heads = {path: module_inputs(qmodel, path, image[None]) for path in int8_heads(qmodel)}
+    per_roi = head_rows(qmodel) == "rois"  # a number of rows that changes per image; else one row per image
     for path, inputs in heads.items():
         module_at(qmodel, path).graph = allow_exported_model_train_eval(
-            lower_x86(module_at(qmodel, path).graph, torch.cat(inputs), dynamic_batch=True))
+            lower_x86(module_at(qmodel, path).graph, torch.cat(inputs), dynamic_batch=per_roi))
     name, graph = quantized_part(qmodel)
     fast = allow_exported_model_train_eval(lower_x86(graph, _batches(qmodel, image[None], 1)[0]))
     return _with_part(qmodel, name, graph, fast).eval()
 
 
 class Int8Head(torch.nn.Module):
-    """A head's int8 (or fake-quantized) graph where the detector calls the float head (``graph``). A batch of
-    fewer than two rows (an image with one RoI or none) is padded to two, the least its exported graph takes, and
-    cut back."""
+    """A head's int8 (or fake-quantized) graph where the detector calls the float head (``graph``).
+    ``in_channels``: the float head's input width (what a family reads its tap widths from). ``min_rows``: a call
+    with fewer rows is padded to that many and cut back: 2 for a head fed RoIs (an image with one or none; the
+    least its dynamically lowered graph takes), 1 for a head fed one row per image (lowered at that shape)."""
 
-    def __init__(self, graph: torch.nn.Module):
+    def __init__(self, graph: torch.nn.Module, in_channels: int, min_rows: int = 2):
         super().__init__()
-        self.graph = graph
+        self.graph, self.in_channels, self.min_rows = graph, in_channels, min_rows
 
     def forward(self, x):
         n = x.shape[0]
-        if n >= 2:
+        if n >= self.min_rows:
             return self.graph(x)
-        return self.graph(torch.cat([x, x.new_zeros((2 - n, *x.shape[1:]))]))[:n]
+        return self.graph(torch.cat([x, x.new_zeros((self.min_rows - n, *x.shape[1:]))]))[:n]
+
+
+def _int8_head(model: torch.nn.Module, path: str, graph: torch.nn.Module) -> Int8Head:
+    """``graph`` as the :class:`Int8Head` for the float head at ``path`` of ``model``."""
+    first = next(m for m in module_at(model, path).modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    width = first.in_channels if isinstance(first, torch.nn.Conv2d) else first.in_features
+    return Int8Head(graph, width, 2 if head_rows(model) == "rois" else 1)
+
+
+def head_rows(model: torch.nn.Module) -> str:
+    """What the first dimension of the family's int8 heads' inputs counts (its declaration's ``int8_head_rows``):
+    ``rois`` (any number per image: Faster R-CNN's box head) or ``images`` (YOLO's Detect branches)."""
+    return declaration(model).get("int8_head_rows", "rois")
 
 
 def head_paths(model: torch.nn.Module) -> tuple[str, ...]:
     """The heads that int8 covers beside the family's quantizable part (its declaration's ``int8_heads``: Faster
-    R-CNN's RoI box head), each quantized on its own inputs."""
+    R-CNN's RoI box head, YOLO's Detect branches), each quantized on its own inputs."""
     return tuple(declaration(model).get("int8_heads", ()))
 
 
@@ -321,7 +338,8 @@ def int8_heads(qmodel: torch.nn.Module) -> list[str]:
 
 def module_inputs(model: torch.nn.Module, path: str, images: torch.Tensor) -> list[torch.Tensor]:
     """The first input of the module at ``path`` in every call of it while ``model`` (eval mode) detects on
-    ``images`` ((N, 3, H, W) in 0..1, one image at a time); calls with fewer than two rows are left out."""
+    ``images`` ((N, 3, H, W) in 0..1, one image at a time); for a head fed RoIs (:func:`head_rows`), calls with
+    fewer than two rows are left out."""
     seen = []
     handle = module_at(model, path).register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
     was_training = model.training
@@ -333,7 +351,8 @@ def module_inputs(model: torch.nn.Module, path: str, images: torch.Tensor) -> li
     finally:
         handle.remove()
         model.train(was_training)
-    return [x for x in seen if len(x) >= 2]
+    least = 2 if head_rows(model) == "rois" else 1
+    return [x for x in seen if len(x) >= least]
 
 
 def _set_module(model: torch.nn.Module, path: str, module: torch.nn.Module) -> None:
@@ -388,6 +407,9 @@ def _with_part(qmodel: torch.nn.Module, name: str, part: torch.nn.Module, graph:
 
 def _parts(family: str, name: str, heads: tuple[str, ...] = ()) -> dict:
     if family == "yolo":
+        if heads:
+            return {"int8_parts": "backbone + neck, Detect convolutions (" + ", ".join(heads) + ")",
+                    "float_parts": "Detect box decoding (DFL, anchor points); SiLU in float"}
         return {"int8_parts": "backbone + neck", "float_parts": "Detect head; SiLU in float"}
     floats = ("RPN, RoI box predictor" if heads else "RPN and RoI heads") if family == "faster_rcnn" \
         else "dense heads"
@@ -412,8 +434,9 @@ def quantize_int8_pt2e(model: torch.nn.Module, calibration_images: torch.Tensor,
     paths = head_paths(qmodel) if heads else ()
     for path in paths:
         inputs = module_inputs(qmodel, path, calibration_images)
-        _set_module(qmodel, path, Int8Head(quantize_module(module_at(qmodel, path), inputs, strict, reduce_range,
-                                                           residual_inputs=residual_inputs, max_batch=MAX_ROWS)))
+        _set_module(qmodel, path, _int8_head(qmodel, path, quantize_module(
+            module_at(qmodel, path), inputs, strict, reduce_range, residual_inputs=residual_inputs,
+            max_batch=MAX_ROWS)))
     info = {"quant_path": QUANT_PATH, "export": "strict" if strict else "non-strict",
             "calibration_images": len(calibration_images), "reduce_range": reduce_range,
             "residual_inputs": residual_inputs}
@@ -437,11 +460,9 @@ def prepare_qat(model: torch.nn.Module, example_images: torch.Tensor, reduce_ran
                                residual_inputs=residual_inputs)
     qmodel = _with_part(qmodel, name, part, graph)
     for path, head_example in head_examples.items():
-        _set_module(qmodel, path, Int8Head(prepare_qat_module(module_at(qmodel, path), head_example,
-                                                              reduce_range=reduce_range,
-                                                              freeze_bn_stats=freeze_bn_stats,
-                                                              residual_inputs=residual_inputs,
-                                                              max_batch=MAX_ROWS)))
+        _set_module(qmodel, path, _int8_head(qmodel, path, prepare_qat_module(
+            module_at(qmodel, path), head_example, reduce_range=reduce_range, freeze_bn_stats=freeze_bn_stats,
+            residual_inputs=residual_inputs, max_batch=MAX_ROWS)))
     info = {"quant_path": QUANT_PATH.replace("static", "quantization-aware training"), "export": "non-strict",
             "reduce_range": reduce_range, "freeze_bn_stats": freeze_bn_stats, "residual_inputs": residual_inputs}
     return qmodel.to(device).train(), info | _parts(family_of(model), name, paths)
@@ -495,10 +516,17 @@ def save_int8(qmodel: torch.nn.Module, folder, example_images: torch.Tensor) -> 
                       files[-1], MAX_ROWS)
     name, graph = quantized_part(qmodel)
     _save_program(graph, _batches(qmodel, example_images[:2], 2)[0], folder / PART_FILE, MAX_BATCH)
-    parts = [name, *heads]
+    parts = _state_prefixes(qmodel, [name, *heads])
     rest = {k: v for k, v in qmodel.state_dict().items() if not any(k.startswith(p + ".") for p in parts)}
     torch.save(rest, folder / REST_FILE)
     return [folder / PART_FILE, *files, folder / REST_FILE]
+
+
+def _state_prefixes(model: torch.nn.Module, paths: list[str]) -> list[str]:
+    """Every name under which the modules at ``paths`` appear in ``model``'s state dict (a path through a
+    property, YOLO's ``detect``, is not one of them)."""
+    targets = [module_at(model, p) for p in paths]
+    return [n for n, m in model.named_modules(remove_duplicate=False) if any(m is t for t in targets)]
 
 
 def load_int8(float_model: torch.nn.Module, folder) -> torch.nn.Module:
@@ -521,9 +549,9 @@ def load_int8(float_model: torch.nn.Module, folder) -> torch.nn.Module:
     qmodel = _with_part(qmodel, name, part, program(folder / PART_FILE))
     heads = [p for p in head_paths(qmodel) if (folder / head_file(p)).is_file()]  # none in a backbone-only model
     for path in heads:
-        _set_module(qmodel, path, Int8Head(program(folder / head_file(path))))
+        _set_module(qmodel, path, _int8_head(qmodel, path, program(folder / head_file(path))))
     missing, unexpected = qmodel.load_state_dict(torch.load(folder / REST_FILE, map_location="cpu"), strict=False)
-    parts = [quantized_part(qmodel)[0], *heads]
+    parts = _state_prefixes(qmodel, [quantized_part(qmodel)[0], *heads])
     if unexpected or any(not any(k.startswith(p + ".") for p in parts) for k in missing):
         raise ValueError(f"{folder / REST_FILE}: does not fit the model (missing {missing[:3]}, unexpected "
                          f"{unexpected[:3]})")

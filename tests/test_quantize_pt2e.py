@@ -151,6 +151,37 @@ def test_yolo_trunk_int8_is_close_and_the_detector_detects():
     assert len(detections) == 2 and detections[0]["boxes"].shape[1] == 4
 
 
+def test_yolo_int8_heads_are_the_detect_branches_saved_apart_and_lowered_per_image(tmp_path):
+    """With ``heads``, YOLO's six Detect branches (box and class, three levels) are int8 graphs called on one row
+    per image (no padding at batch 1), the decoding stays float, the tap widths read the same, the saved float rest
+    holds none of the branches' weights, and the loaded and lowered models compute what the converted one does."""
+    from detectors.yolo import FAMILY, yolo_tap_channels
+    from methods.quantize_pt2e import Int8Head, head_file, load_int8, lowered, save_int8
+    model, x = briefly_trained_yolo()
+    qmodel, info = quantize_int8_pt2e(model, x, heads=True, residual_inputs=True)
+    branches = [*qmodel.detect.cv2, *qmodel.detect.cv3]
+    assert len(branches) == 6 and all(isinstance(b, Int8Head) and b.min_rows == 1 for b in branches)
+    assert "Detect convolutions" in info["int8_parts"] and info["float_parts"].startswith("Detect box decoding")
+    assert yolo_tap_channels(qmodel) == yolo_tap_channels(model) == {"p3": 16, "p4": 32, "p5": 64}
+    with torch.no_grad():
+        ref, out = model.model(x)[0], qmodel.model(x)[0]
+        assert F.cosine_similarity(ref.flatten(), out.flatten(), dim=0) >= 0.99
+        files = save_int8(qmodel, tmp_path, x)
+        assert {f.name for f in files} >= {head_file(p) for p in FAMILY["int8_heads"]}
+        rest = torch.load(tmp_path / "float_rest.pt")
+        assert not any(".cv2." in k or ".cv3." in k for k in rest)  # the branches are in their own files only
+        loaded = load_int8(build_yolo_like(model), tmp_path)
+        assert torch.equal(loaded.model(x)[0], out)
+        fast = lowered(loaded, x[0])
+        assert torch.allclose(fast.model(x[:1])[0], out[:1], atol=1e-3 * out.abs().max().item())
+
+
+def build_yolo_like(model):
+    """A fresh model of ``model``'s architecture (random weights)."""
+    from detectors.yolo import build_yolo
+    return build_yolo("yolov8p", model.detect.nc)
+
+
 @pytest.mark.parametrize("heads", [False, True])
 def test_int8_saves_int8_weights_only_and_loads_the_same_model(tmp_path, heads):
     """``convert_pt2e`` keeps the float weights beside the int8 ones; the saved model holds the int8 ones only (with
