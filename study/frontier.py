@@ -82,6 +82,7 @@ class Point:
     t_low: float | None
     t_high: float | None
     val_map: float | None
+    onnx_mb: float | None = None  # the exported ONNX file, where the latency pass ran in ONNX Runtime
     boot: dict | None = None  # two-level bootstrap interval of the mean mAP
     diffs: dict = field(default_factory=dict)  # reference name -> paired summary (+ bootstrap, Holm)
 
@@ -119,7 +120,8 @@ def points_of(rows: list[dict]) -> list[Point]:
         low, high = mean_interval(g.values("map"))
         params = g.mean("params")
         out.append(Point(g, role, method_class(g.method, role), params and params * 1e-6, g.mean("gflops"),
-                         g.mean("size_mb"), g.mean("cpu_ms"), g.mean("map"), low, high, g.mean("val_map")))
+                         g.mean("size_mb"), g.mean("cpu_ms"), g.mean("map"), low, high, g.mean("val_map"),
+                         onnx_mb=g.mean("onnx_mb")))
     return out
 
 
@@ -261,7 +263,7 @@ def ols(cells: list[dict], level: float = 0.95) -> dict | None:
 
 def best_at_budgets(points: list[Point], column: str = "params") -> list[dict]:
     """For each budget point (a student size's ``baseline`` or a teacher or compressed teacher): the most accurate
-    model with at most its ``column`` (params, gflops, size_mb or cpu_ms), and the runner-up, per detector."""
+    model with at most its ``column`` (params, gflops, size_mb, onnx_mb or cpu_ms), and the runner-up, per detector."""
     out = []
     for detector in dict.fromkeys(p.group.detector for p in points):
         mine = [p for p in points if p.group.detector == detector and getattr(p, column) is not None

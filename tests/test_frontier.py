@@ -127,3 +127,26 @@ def test_best_table_says_n_where_a_row_has_no_interval():
     table = best_table(points, "params")
     # the best (hinton, one run) carries its n; the runner-up (baseline, 3 runs: mean 0.49) its t-interval
     assert "| mid hinton | 0.520 (n = 1) | mid baseline | 0.490 [" in table
+
+
+def test_onnx_file_size_is_a_budget_axis_where_the_latency_pass_ran_in_onnx_runtime(tmp_path):
+    """int8 moves on the ONNX file's axis (a compact graph) more than on the saved programs' (each carries its
+    serialized graph): the best within 0.5 MB of ONNX file is the int8 model, on disk it is not."""
+    from study.frontier_report import best_table, write_frontier
+
+    source = row("mid", "hinton", 0, 0.50) | {"size_mb": "1.5", "onnx_mb": "1.5"}
+    int8 = row("mid", "int8", 0, 0.49, source=source["run_id"]) | {"size_mb": "1.4", "onnx_mb": "0.5"}
+    base = [row("tiny", "baseline", s, 0.40 + 0.01 * s) | {"size_mb": "0.5", "onnx_mb": "0.5"} for s in range(2)]
+    points = points_of([source, int8, *base])
+    by_onnx = {round(b["budget"], 2): b["best"].label for b in best_at_budgets(points, "onnx_mb")}
+    by_disk = {round(b["budget"], 2): b["best"].label for b in best_at_budgets(points, "size_mb")}
+    assert by_onnx[0.5] == "mid int8" and by_disk[0.5] == "tiny baseline"
+    assert "| ≤ 0.50 | mid int8 | 0.490 (n = 1) | tiny baseline | 0.405 [" in best_table(points, "onnx_mb")
+    import csv
+    with open(tmp_path / "runs.csv", "w", newline="") as f:
+        keys = sorted({k for r in (source, int8, *base) for k in r})
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows([source, int8, *base])
+    text = write_frontier(tmp_path / "runs.csv", tmp_path, n_boot=10).read_text()
+    assert "By the size of the ONNX file that ONNX Runtime loads" in text and (tmp_path / "frontier_onnx_size.png").is_file()
