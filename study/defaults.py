@@ -214,6 +214,9 @@ def load_profile(name_or_path: str) -> dict:
     return profile
 
 
+RUNTIMES = ("pytorch", "onnxruntime")  # where the latency pass times the models (study.latency_pass)
+
+
 def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
@@ -247,19 +250,66 @@ def _bad_model(family: str, role: str, settings: dict) -> list[str]:
     return []
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# a distillation setting's allowed values, by its name in the methods' DEFAULTS (taps are checked by the family
+# when a run builds its distiller: a tap name depends on the detector)
+DISTILL_SETTING_CHECKS = {
+    "weight": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "temperature": (lambda v: _number(v) and v > 0, "a positive number"),
+    "tau": (lambda v: _number(v) and v > 0, "a positive number"),
+    "p": (lambda v: _number(v) and v > 0, "a positive number"),
+    "balance": (lambda v: _number(v) and 0 <= v <= 1, "a fraction between 0 and 1"),
+    "psi": (lambda v: _number(v) and 0 < v < 1, "a fraction between 0 and 1"),
+    "taps": (lambda v: isinstance(v, list) and v and all(isinstance(t, str) for t in v), "a list of tap names"),
+}
+
+
+def _bad_distill(key: str, section) -> list[str]:
+    """A ``distill`` (or a compression's ``kd``) section's methods and settings that no run could use: an unknown
+    method, a setting its method does not have, a value out of range (weight < 0, temperature <= 0, ...)."""
+    if not isinstance(section, dict):
+        return [f"{key} must be a mapping of methods to settings, not {section!r}"]
+    out = []
+    for name, settings in section.items():
+        method = DISTILL_METHODS.get(str(name).split("@")[0])
+        if method is None:
+            out.append(f"{key}: unknown method {name!r} (known: {', '.join(DISTILL_METHODS)})")
+            continue
+        if not isinstance(settings, dict):
+            out.append(f"{key}.{name} must be a mapping of settings, not {settings!r}")
+            continue
+        for setting, value in settings.items():
+            if setting not in method.DEFAULTS:
+                out.append(f"{key}.{name}: unknown setting {setting!r} (known: {', '.join(method.DEFAULTS)})")
+            elif setting in DISTILL_SETTING_CHECKS and not DISTILL_SETTING_CHECKS[setting][0](value):
+                out.append(f"{key}.{name}.{setting} must be {DISTILL_SETTING_CHECKS[setting][1]}, not {value!r}")
+    return out
+
+
 def _bad_compression(key: str, comp) -> list[str]:
     if not isinstance(comp, dict):
         return [f"{key} must be a mapping of settings, not {comp!r}"]
+    out = []
     r = comp.get("flops_reduction")
-    if r is not None and not (isinstance(r, (int, float)) and 0 < r < 1):
-        return [f"{key}.flops_reduction must be a fraction between 0 and 1, not {r!r}"]
-    return []
+    if r is not None and not (_number(r) and 0 < r < 1):
+        out.append(f"{key}.flops_reduction must be a fraction between 0 and 1, not {r!r}")
+    for setting in ("calibration_images", "finetune_epochs", "iterative_steps"):
+        if setting in comp and not _positive_int(comp[setting]):
+            out.append(f"{key}.{setting} must be a whole number >= 1, not {comp[setting]!r}")
+    if "finetune_lr" in comp and not (_number(comp["finetune_lr"]) and comp["finetune_lr"] > 0):
+        out.append(f"{key}.finetune_lr must be a positive number, not {comp['finetune_lr']!r}")
+    if "kd" in comp:
+        out += _bad_distill(f"{key}.kd", comp["kd"])
+    return out
 
 
 def bad_values(profile: dict) -> list[str]:
     """What a profile sets that no run could use, each as ``key must be ..., not value`` (checked before anything
-    trains): image size, epochs, seeds (whole and distinct), methods, backbones and models, pruning fractions, the
-    latency rounds, workers."""
+    trains): image size, epochs, seeds (whole and distinct), methods, role settings, backbones and models,
+    distillation settings, compression settings, the latency runtime and rounds, workers."""
     out = []
 
     def need(ok: bool, key: str, what: str, value) -> None:
@@ -287,22 +337,29 @@ def bad_values(profile: dict) -> list[str]:
         if "methods" in section:
             out += _bad_methods(f"{family}.methods", section["methods"])
         roles = [("teacher", section["teacher"]), ("student", section["student"])]
+        role_keys = set(DEFAULTS[family]["teacher"]) | set(DEFAULTS[family]["student"])
         for n, size in enumerate(section.get("sizes") or [], 1):
             roles.append((f"sizes[{n}].student", {"epochs": section["student"]["epochs"]} | size.get("student", {})))
             if "methods" in size:
                 out += _bad_methods(f"{family}.sizes[{n}].methods", size["methods"])
         for role, settings in roles:
+            out += [f"{family}.{role}: unknown setting {k!r} (known: {', '.join(sorted(role_keys))})"
+                    for k in settings if k not in role_keys]
             need(_positive_int(settings.get("epochs")), f"{family}.{role}.epochs", "a whole number >= 1",
                  settings.get("epochs"))
             out += _bad_model(family, role, settings)
+        if "distill" in section:
+            out += _bad_distill(f"{family}.distill", section["distill"])
         for name, comp in (section.get("compression") or {}).items():
             out += _bad_compression(f"{family}.compression.{name}", comp)
     for name, comp in profile["compression"].items():
         out += _bad_compression(f"compression.{name}", comp)
+    out += _bad_distill("distill", profile["distill"])
     workers = profile["execution"]["workers"]
     need(workers == "auto" or _positive_int(workers), "execution.workers", "'auto' or a whole number >= 1", workers)
     need(_positive_int(profile["execution"]["threads_per_worker"]), "execution.threads_per_worker",
          "a whole number >= 1", profile["execution"]["threads_per_worker"])
+    need(profile["cost"].get("runtime") in RUNTIMES, "cost.runtime", " or ".join(RUNTIMES), profile["cost"].get("runtime"))
     for key in ("rounds", "images"):
         value = profile["cost"][key]
         least = 2 if key == "rounds" else 1

@@ -101,7 +101,21 @@ def test_a_later_setting_is_in_a_runs_hparams_only_away_from_its_earlier_behavio
      "yolov8n, yolov8s, yolov8m, yolo11n, yolo11s, yolov8t, yolov8p, yolov8f)"),
     ("compression: {prune-50: {flops_reduction: 1.5}}\n",
      "compression.prune-50.flops_reduction must be a fraction between 0 and 1, not 1.5"),
-    ("execution: {workers: 0}\n", "execution.workers must be 'auto' or a whole number >= 1, not 0")])
+    ("execution: {workers: 0}\n", "execution.workers must be 'auto' or a whole number >= 1, not 0"),
+    # each of these trained for hours before failing (or silently did something else) until checked here
+    ("faster_rcnn: {student: {epoch: 3}}\n",
+     "faster_rcnn.student: unknown setting 'epoch' (known: backbone, epochs, fpn_channels, roi_dim)"),
+    ("distill: {hinton: {temprature: 2}}\n", "distill.hinton: unknown setting 'temprature' (known: weight, temperature)"),
+    ("distill: {hinton: {temperature: 0}}\n", "distill.hinton.temperature must be a positive number, not 0"),
+    ("distill: {hintn: {weight: 1}}\n", "distill: unknown method 'hintn' (known: hinton, fitnets, at, nst, pkd, cwd, "
+     "fgfi, ld, ls)"),
+    ("faster_rcnn: {distill: {pkd: {balance: 2}}}\n", "faster_rcnn.distill.pkd.balance must be a fraction between 0 "
+     "and 1, not 2"),
+    ("compression: {prune-30+kd: {kd: {hinton: {weight: -1}}}}\n",
+     "compression.prune-30+kd.kd.hinton.weight must be a number >= 0, not -1"),
+    ("compression: {int8: {calibration_images: 0}}\n",
+     "compression.int8.calibration_images must be a whole number >= 1, not 0"),
+    ("cost: {runtime: tensorrt}\n", "cost.runtime must be pytorch or onnxruntime, not 'tensorrt'")])
 def test_values_no_run_could_use_are_one_line_errors_before_anything_trains(tmp_path, text, message):
     profile = written(tmp_path, text)
     with pytest.raises(ValueError) as err:
