@@ -12,7 +12,8 @@ Splits: the dataset's own train/val/test are used. A missing val (or test) split
 fixed seed, so that hyperparameters are never chosen on test.
 
 Bad input raises :class:`DataError`, whose message is one line naming the file and the problem. Boxes that are
-zero-area or leave the image are clipped (and dropped when nothing is left) and counted in ``DetectionData.warnings``.
+zero-area or leave the image are clipped (and dropped when nothing is left) and counted in ``DetectionData.warnings``;
+a box with swapped corners (VOC) or a negative width or height (COCO, YOLO) is an error, not a dropped box.
 """
 from __future__ import annotations
 
@@ -167,6 +168,9 @@ def _read_voc_xml(path: Path) -> tuple[int | None, int | None, list[tuple[str, l
             coords = [float(bnd.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
         except (TypeError, ValueError):
             raise DataError(f"{path}: a <bndbox> has a missing or non-numeric coordinate") from None
+        if coords[2] < coords[0] or coords[3] < coords[1]:
+            raise DataError(f"{path}: the <bndbox> of a '{name}' has xmax < xmin or ymax < ymin "
+                            f"({', '.join(f'{v:g}' for v in coords)}): corners swapped?")
         objects.append((name, coords))
     return width, height, objects
 
@@ -263,6 +267,8 @@ def _read_coco_file(ann_path: Path, image_dir: Path, clean: _BoxCleaner, class_n
         if not (isinstance(box, list) and len(box) == 4
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
             raise DataError(f"{ann_path}: annotation {ann.get('id')} has no bbox [x, y, width, height] (got {box!r})")
+        if box[2] < 0 or box[3] < 0:
+            raise DataError(f"{ann_path}: annotation {ann.get('id')} has a negative width or height (bbox {box})")
         per_image[ann.get("image_id")].append(ann)
     orphans = set(per_image) - {img["id"] for img in images}
     if orphans:
@@ -332,6 +338,8 @@ def _yolo_row(values: list[str], label_path: Path, n: int) -> tuple[int, float, 
     if coords is None or not (len(coords) == 4 or (len(coords) >= 6 and len(coords) % 2 == 0)):
         raise DataError(f"{label_path}: line {n} is not 'class cx cy w h' (nor a polygon 'class x1 y1 x2 y2 x3 y3 ...')")
     if len(coords) == 4:
+        if coords[2] < 0 or coords[3] < 0:
+            raise DataError(f"{label_path}: line {n} has a negative width or height")
         return (cls, *coords)
     xs, ys = coords[0::2], coords[1::2]
     return cls, (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys)

@@ -79,6 +79,13 @@ def test_voc_malformed_xml_names_the_file(tiny_voc, ids):
         load_dataset(f"voc:{tiny_voc}")
 
 
+def test_voc_box_with_swapped_corners_is_an_error_not_a_dropped_box(tiny_voc, ids):
+    (tiny_voc / "Annotations" / f"{ids[1]}.xml").write_text(voc_xml([("RBC", (100, 100, 50, 150))]))
+    with pytest.raises(DataError, match=rf"{ids[1]}.xml: the <bndbox> of a 'RBC' has xmax < xmin or ymax < ymin "
+                                        r"\(100, 100, 50, 150\): corners swapped\?"):
+        load_dataset(f"voc:{tiny_voc}")
+
+
 def test_voc_unknown_class_against_labels_file(tiny_voc, ids):
     (tiny_voc / "labels.txt").write_text("RBC\nWBC\nPlatelets\n")
     (tiny_voc / "Annotations" / f"{ids[2]}.xml").write_text(voc_xml([("Diatom", (1, 1, 50, 50))]))
@@ -164,6 +171,8 @@ def test_coco_malformed_json_and_unknown_category(tiny_voc, ids, tmp_path):
     (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), "annotation 1 has no bbox [x, y, width, height] (got [1, 2, 3])"),
     (lambda d: d["annotations"][0].update(image_id=4242), "annotation 1 refers to image_id 4242, which no image has"),
     (lambda d: d["images"][1].pop("file_name"), "image entry 1 has no 'file_name'"),
+    (lambda d: d["annotations"][0].update(bbox=[10, 20, -5, 8]),
+     "annotation 1 has a negative width or height (bbox [10, 20, -5, 8])"),
     (lambda d: d["categories"][0].pop("name"), "category entry 0 has no 'name'")])
 def test_coco_entry_that_cannot_be_read_is_named_in_one_line(tiny_voc, ids, tmp_path, change, message):
     _coco_from_voc(tiny_voc, ids, tmp_path / "ann.json")
@@ -211,6 +220,9 @@ def test_yolo_bad_line_and_unknown_class_index(tiny_voc, ids, tmp_path):
         load_dataset(f"yolo:{tmp_path / 'y' / 'data.yaml'}")
     label.write_text("0 0.5 0.5 0.2 0.2\n0 nan 0.5 0.2 0.2\n")
     with pytest.raises(DataError, match=f"{ids[0]}.txt: line 2 has a non-finite coordinate"):
+        load_dataset(f"yolo:{tmp_path / 'y' / 'data.yaml'}")
+    label.write_text("0 0.5 0.5 -0.2 0.2\n")
+    with pytest.raises(DataError, match=f"{ids[0]}.txt: line 1 has a negative width or height"):
         load_dataset(f"yolo:{tmp_path / 'y' / 'data.yaml'}")
     label.write_text("0 0.5 0.5 0.2 0.2 0.9\n")  # six values: neither a box nor a polygon
     with pytest.raises(DataError, match=f"{ids[0]}.txt: line 1 is not 'class cx cy w h'"):
