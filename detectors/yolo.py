@@ -262,6 +262,8 @@ FAMILY = {
     # three levels, each called on one level's maps, one row per image; the box decoding after them stays float
     "int8_heads": tuple(f"detect.{branch}.{level}" for branch in ("cv2", "cv3") for level in range(3)),
     "int8_head_rows": "images",
+    # convolutions end quantized before SiLU (no int8 pattern for it), so that ONNX Runtime runs them as int8
+    "int8_conv_outputs": True,
     "dense_logits": {"module": "detect", "pick": lambda output: _head_output(output)["scores"].transpose(1, 2)},
     "dense_boxes": {"module": "detect", "pick": lambda output: _head_output(output)["boxes"].transpose(1, 2)},
     "tap_channels": yolo_tap_channels,

@@ -117,10 +117,35 @@ def quantize_residual_inputs(gm: torch.fx.GraphModule, spec) -> int:
     return annotated
 
 
+CONVOLUTIONS = (torch.ops.aten.conv2d.default, torch.ops.aten.conv1d.default)
+
+
+def quantize_conv_outputs(gm: torch.fx.GraphModule, spec) -> int:
+    """Give every annotated convolution whose output no node takes quantized (SiLU follows it: no int8 pattern in
+    ``X86InductorQuantizer``) an output quantization ``spec``, except where its output leaves the graph. Returns how
+    many were annotated.
+
+    ONNX Runtime fuses only dequantize-conv-quantize into an int8 ``QLinearConv``: without a quantize node after it,
+    such a convolution runs in float on dequantized weights. With it, SiLU runs in float between a dequantize and a
+    quantize node."""
+    key, annotated = "quantization_annotation", 0
+    for node in gm.graph.nodes:
+        note = node.meta.get(key)
+        if node.target not in CONVOLUTIONS or note is None or not note.input_qspec_map or note.output_qspec is not None:
+            continue
+        users = list(node.users)
+        if not users or any(u.op == "output" or node in getattr(u.meta.get(key), "input_qspec_map", {})
+                            for u in users):
+            continue
+        note.output_qspec = spec
+        annotated += 1
+    return annotated
+
+
 def _quantizer(reduce_range: bool, float_modules: tuple[str, ...] = (), qat: bool = False,
-               residual_inputs: bool = False):
+               residual_inputs: bool = False, conv_outputs: bool = False):
     """``X86InductorQuantizer`` with its default static config; ``residual_inputs``: and
-    :func:`quantize_residual_inputs` after its annotation."""
+    :func:`quantize_residual_inputs` after its annotation; ``conv_outputs``: and :func:`quantize_conv_outputs`."""
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer, get_default_x86_inductor_quantization_config)
 
@@ -131,6 +156,8 @@ def _quantizer(reduce_range: bool, float_modules: tuple[str, ...] = (), qat: boo
             model = super().annotate(model)
             if residual_inputs:
                 quantize_residual_inputs(model, config.output_activation)
+            if conv_outputs:
+                quantize_conv_outputs(model, config.output_activation)
             return model
 
     quantizer = Quantizer().set_global(config)
@@ -160,18 +187,20 @@ def export_module(module: torch.nn.Module, example: torch.Tensor, strict: bool =
 def quantize_module(module: torch.nn.Module, batches: list[torch.Tensor], strict: bool = False,
                     reduce_range: bool = False, float_modules: tuple[str, ...] = (),
                     dynamic_batch: bool = True, residual_inputs: bool = False,
-                    max_batch: int = MAX_BATCH) -> torch.fx.GraphModule:
+                    max_batch: int = MAX_BATCH, conv_outputs: bool = False) -> torch.fx.GraphModule:
     """PT2E post-training static int8 of ``module``: exported, prepared with ``X86InductorQuantizer``'s default
     static config (histogram-observed uint8 activations, per-channel symmetric int8 weights), calibrated on
     ``batches``, converted. ``float_modules``: module paths (as in ``named_modules``) left float;
-    ``residual_inputs``: see :func:`quantize_residual_inputs`. The result accepts
+    ``residual_inputs``, ``conv_outputs``: see :func:`quantize_residual_inputs`, :func:`quantize_conv_outputs`. The
+    result accepts
     ``.eval()`` and ``.train()`` (no-ops for it: it has no dropout, and its BatchNorm is folded)."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     gm = export_module(copy.deepcopy(module), batches[0], strict=strict, dynamic_batch=dynamic_batch,
                        max_batch=max_batch)
-    prepared = prepare_pt2e(gm, _quantizer(reduce_range, float_modules, residual_inputs=residual_inputs))
+    prepared = prepare_pt2e(gm, _quantizer(reduce_range, float_modules, residual_inputs=residual_inputs,
+                                           conv_outputs=conv_outputs))
     with torch.no_grad():
         for batch in batches:
             prepared(batch)
@@ -194,7 +223,8 @@ def drop_unused_attributes(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 def prepare_qat_module(module: torch.nn.Module, example: torch.Tensor, strict: bool = False,
                        reduce_range: bool = False, freeze_bn_stats: bool = True,
-                       residual_inputs: bool = False, max_batch: int = MAX_BATCH) -> torch.fx.GraphModule:
+                       residual_inputs: bool = False, max_batch: int = MAX_BATCH,
+                       conv_outputs: bool = False) -> torch.fx.GraphModule:
     """``module`` exported in train mode and prepared for quantization-aware training (``prepare_qat_pt2e`` with
     ``X86InductorQuantizer``'s QAT config): fake-quantized activations and weights, BatchNorm simulated as folded
     into each convolution. Train it as a module, then :func:`convert_qat_module`. Observers start calibrating on
@@ -208,7 +238,8 @@ def prepare_qat_module(module: torch.nn.Module, example: torch.Tensor, strict: b
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     gm = export_module(copy.deepcopy(module), example, strict=strict, train=True, max_batch=max_batch)
-    prepared = prepare_qat_pt2e(gm, _quantizer(reduce_range, qat=True, residual_inputs=residual_inputs))
+    prepared = prepare_qat_pt2e(gm, _quantizer(reduce_range, qat=True, residual_inputs=residual_inputs,
+                                               conv_outputs=conv_outputs))
     prepared.freeze_bn_stats = freeze_bn_stats
     move_exported_model_to_eval(prepared)
     prepared.train = types.MethodType(_qat_mode, prepared)
@@ -418,53 +449,67 @@ def _parts(family: str, name: str, heads: tuple[str, ...] = ()) -> dict:
 
 def quantize_int8_pt2e(model: torch.nn.Module, calibration_images: torch.Tensor, strict: bool = False,
                        batch_size: int = 8, reduce_range: bool = False, heads: bool = False,
-                       residual_inputs: bool = False) -> tuple[torch.nn.Module, dict]:
+                       residual_inputs: bool = False, conv_outputs: bool | None = None
+                       ) -> tuple[torch.nn.Module, dict]:
     """A CPU copy of ``model`` whose quantizable part (:func:`quantizable_part`) is a PT2E int8 graph, calibrated
     on ``calibration_images`` ((N, 3, H, W) in 0..1; their height and width are the only ones the graph runs).
     ``heads``: the family's int8 heads (:func:`head_paths`) too, each calibrated on its inputs while the model
     with its int8 part detects on the same images (:class:`Int8Head`). ``residual_inputs``: see
-    :func:`quantize_residual_inputs`. Returns (model, details). The graphs are converted reference graphs (eager,
+    :func:`quantize_residual_inputs`; ``conv_outputs``: :func:`quantize_conv_outputs` (None: with
+    ``residual_inputs``, where the family declares ``int8_conv_outputs``). Returns (model, details). The graphs are converted reference graphs (eager,
     float speed); :func:`lowered` or ``torch.compile`` makes them fast, and ONNX Runtime runs their export as int8
     (:mod:`study.onnx_runtime`)."""
     qmodel = copy.deepcopy(model).cpu().eval()
+    conv_outputs = _conv_outputs(qmodel, residual_inputs, conv_outputs)
     name, part = quantizable_part(qmodel)
     graph = quantize_module(part, _batches(qmodel, calibration_images, batch_size), strict, reduce_range,
-                            residual_inputs=residual_inputs)
+                            residual_inputs=residual_inputs, conv_outputs=conv_outputs)
     qmodel = _with_part(qmodel, name, part, graph).eval()
     paths = head_paths(qmodel) if heads else ()
     for path in paths:
         inputs = module_inputs(qmodel, path, calibration_images)
         _set_module(qmodel, path, _int8_head(qmodel, path, quantize_module(
             module_at(qmodel, path), inputs, strict, reduce_range, residual_inputs=residual_inputs,
-            max_batch=MAX_ROWS)))
+            max_batch=MAX_ROWS, conv_outputs=conv_outputs)))
     info = {"quant_path": QUANT_PATH, "export": "strict" if strict else "non-strict",
             "calibration_images": len(calibration_images), "reduce_range": reduce_range,
-            "residual_inputs": residual_inputs}
+            "residual_inputs": residual_inputs} | ({"conv_outputs": True} if conv_outputs else {})
     return qmodel.eval(), info | _parts(family_of(model), name, paths)
 
 
+def _conv_outputs(model: torch.nn.Module, residual_inputs: bool, conv_outputs: bool | None) -> bool:
+    """Whether convolutions end quantized before unquantized consumers (:func:`quantize_conv_outputs`): as asked,
+    or (None) where ``residual_inputs`` is on and the family declares ``int8_conv_outputs`` (YOLO: SiLU)."""
+    if conv_outputs is not None:
+        return conv_outputs
+    return residual_inputs and bool(declaration(model).get("int8_conv_outputs", False))
+
+
 def prepare_qat(model: torch.nn.Module, example_images: torch.Tensor, reduce_range: bool = False,
-                freeze_bn_stats: bool = True, heads: bool = False,
-                residual_inputs: bool = False) -> tuple[torch.nn.Module, dict]:
+                freeze_bn_stats: bool = True, heads: bool = False, residual_inputs: bool = False,
+                conv_outputs: bool | None = None) -> tuple[torch.nn.Module, dict]:
     """A copy of ``model`` (on its device) whose quantizable part is a QAT-prepared graph
     (:func:`prepare_qat_module`, exported on ``example_images``, (N, 3, H, W) in 0..1 at the canvas size), and with
     ``heads`` the family's int8 heads too (each exported on its inputs for those images): train it like the float
-    model (the rest stays float and trains too), then :func:`convert_qat`."""
+    model (the rest stays float and trains too), then :func:`convert_qat`. ``conv_outputs``: as in
+    :func:`quantize_int8_pt2e`."""
     device = next(model.parameters()).device
     qmodel = copy.deepcopy(model).cpu().train()
+    conv_outputs = _conv_outputs(qmodel, residual_inputs, conv_outputs)
     paths = head_paths(qmodel) if heads else ()
     head_examples = {path: torch.cat(module_inputs(qmodel, path, example_images)) for path in paths}
     name, part = quantizable_part(qmodel)
     example = _batches(qmodel.eval(), example_images, len(example_images))[0]
     graph = prepare_qat_module(part, example, reduce_range=reduce_range, freeze_bn_stats=freeze_bn_stats,
-                               residual_inputs=residual_inputs)
+                               residual_inputs=residual_inputs, conv_outputs=conv_outputs)
     qmodel = _with_part(qmodel, name, part, graph)
     for path, head_example in head_examples.items():
         _set_module(qmodel, path, _int8_head(qmodel, path, prepare_qat_module(
             module_at(qmodel, path), head_example, reduce_range=reduce_range, freeze_bn_stats=freeze_bn_stats,
-            residual_inputs=residual_inputs, max_batch=MAX_ROWS)))
+            residual_inputs=residual_inputs, max_batch=MAX_ROWS, conv_outputs=conv_outputs)))
     info = {"quant_path": QUANT_PATH.replace("static", "quantization-aware training"), "export": "non-strict",
-            "reduce_range": reduce_range, "freeze_bn_stats": freeze_bn_stats, "residual_inputs": residual_inputs}
+            "reduce_range": reduce_range, "freeze_bn_stats": freeze_bn_stats, "residual_inputs": residual_inputs
+            } | ({"conv_outputs": True} if conv_outputs else {})
     return qmodel.to(device).train(), info | _parts(family_of(model), name, paths)
 
 

@@ -114,6 +114,32 @@ def test_int8_scope_decides_what_onnx_runtime_runs_in_int8(tmp_path):
     assert ops["backbone"]["QGemm"] == ops["residual"]["QGemm"] == 0 and ops["both"]["QGemm"] >= 1
 
 
+def test_yolo_convolutions_before_silu_run_as_int8_in_onnx_runtime(tmp_path):
+    """SiLU has no int8 pattern, so a YOLO convolution's output is not quantized and ONNX Runtime runs it in float on
+    dequantized weights; the family's ``int8_conv_outputs`` (on with ``residual_inputs``) ends each in a quantize
+    node, which ONNX Runtime fuses into ``QLinearConv``, except the Detect branches' last convolutions (their
+    outputs leave the graph); the detector still detects and stays close to fp32."""
+    import torch.nn.functional as F
+    from test_quantize_pt2e import briefly_trained_yolo
+    from methods.quantize_pt2e import quantize_int8_pt2e
+    from study.onnx_runtime import ort_detector
+    model, x = briefly_trained_yolo()
+    ops = {}
+    for conv_outputs in (False, None):  # None: as the family declares (on)
+        qmodel, info = quantize_int8_pt2e(model, x, heads=True, residual_inputs=True, conv_outputs=conv_outputs)
+        assert info.get("conv_outputs", False) == (conv_outputs is None)
+        detector = ort_detector(qmodel, x[0], tmp_path / f"{conv_outputs}.onnx")
+        assert len(detector(list(x[:2]))) == 2
+        ops[conv_outputs] = _ops_onnx_runtime_runs(tmp_path / f"{conv_outputs}.onnx", tmp_path)
+        with torch.no_grad():
+            ref, out = model.model(x)[0], qmodel.model(x)[0]
+        assert F.cosine_similarity(ref.flatten(), out.flatten(), dim=0) >= 0.99
+    convolutions = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    last = 6  # the Detect branches' 1x1 output convolutions
+    assert ops[False]["QLinearConv"] == 0
+    assert ops[None]["QLinearConv"] >= convolutions - last - 1  # (the DFL's fixed 1x1 convolution stays float)
+
+
 def test_yolo_trunk_exports_with_both_exporters(tmp_path):
     from detectors.yolo import build_yolo
     torch.manual_seed(0)
