@@ -97,9 +97,11 @@ def test_frontier_report_has_its_sections_and_bootstrap_intervals(grid):
         assert section in text
     assert "| shallow | ls | baseline | 2 |" in text  # label smoothing against the student alone, 2 cells
     assert "| shallow | hinton | hinton@self | 2 |" in text  # and Hinton against self-distillation
-    for figure in ("frontier_params", "frontier_gflops", "frontier_size", "frontier_latency", "forest"):
+    for figure in ("frontier_params", "frontier_gflops", "frontier_size", "frontier_onnx_size", "frontier_latency",
+                   "forest"):
         assert (runs_csv.parent / f"{figure}.png").is_file(), figure
-    assert "By size on disk:" in text and "By measured CPU latency:" in text
+    assert "By size on disk (the saved PyTorch model" in text and "By measured CPU latency:" in text
+    assert "By the size of the ONNX file that ONNX Runtime loads" in text  # the grid's latency pass: ONNX Runtime
     assert f"{len(read_runs(runs_csv))} runs had their test detections kept" in text
     assert "## Deviations from PLAN.md\n\nNone recorded" in text
     (runs_csv.parent / "DEVIATIONS.md").write_text("- a row was dropped, for a reason.\n")
