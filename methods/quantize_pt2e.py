@@ -456,9 +456,9 @@ def quantize_int8_pt2e(model: torch.nn.Module, calibration_images: torch.Tensor,
     ``heads``: the family's int8 heads (:func:`head_paths`) too, each calibrated on its inputs while the model
     with its int8 part detects on the same images (:class:`Int8Head`). ``residual_inputs``: see
     :func:`quantize_residual_inputs`; ``conv_outputs``: :func:`quantize_conv_outputs` (None: with
-    ``residual_inputs``, where the family declares ``int8_conv_outputs``). Returns (model, details). The graphs are converted reference graphs (eager,
-    float speed); :func:`lowered` or ``torch.compile`` makes them fast, and ONNX Runtime runs their export as int8
-    (:mod:`study.onnx_runtime`)."""
+    ``residual_inputs``, where the family declares ``int8_conv_outputs``). Returns (model, details). The graphs
+    are converted reference graphs (eager, float speed); :func:`lowered` or ``torch.compile`` makes them fast,
+    and ONNX Runtime runs their export as int8 (:mod:`study.onnx_runtime`)."""
     qmodel = copy.deepcopy(model).cpu().eval()
     conv_outputs = _conv_outputs(qmodel, residual_inputs, conv_outputs)
     name, part = quantizable_part(qmodel)

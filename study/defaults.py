@@ -359,7 +359,8 @@ def bad_values(profile: dict) -> list[str]:
     need(workers == "auto" or _positive_int(workers), "execution.workers", "'auto' or a whole number >= 1", workers)
     need(_positive_int(profile["execution"]["threads_per_worker"]), "execution.threads_per_worker",
          "a whole number >= 1", profile["execution"]["threads_per_worker"])
-    need(profile["cost"].get("runtime") in RUNTIMES, "cost.runtime", " or ".join(RUNTIMES), profile["cost"].get("runtime"))
+    runtime = profile["cost"].get("runtime")
+    need(runtime in RUNTIMES, "cost.runtime", " or ".join(RUNTIMES), runtime)
     for key in ("rounds", "images"):
         value = profile["cost"][key]
         least = 2 if key == "rounds" else 1
