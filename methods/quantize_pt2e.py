@@ -347,13 +347,19 @@ def _int8_head(model: torch.nn.Module, path: str, graph: torch.nn.Module) -> Int
     """``graph`` as the :class:`Int8Head` for the float head at ``path`` of ``model``."""
     first = next(m for m in module_at(model, path).modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
     width = first.in_channels if isinstance(first, torch.nn.Conv2d) else first.in_features
-    return Int8Head(graph, width, 2 if head_rows(model) == "rois" else 1)
+    return Int8Head(graph, width, least_rows(model))
 
 
 def head_rows(model: torch.nn.Module) -> str:
     """What the first dimension of the family's int8 heads' inputs counts (its declaration's ``int8_head_rows``):
     ``rois`` (any number per image: Faster R-CNN's box head) or ``images`` (YOLO's Detect branches)."""
     return declaration(model).get("int8_head_rows", "rois")
+
+
+def least_rows(model: torch.nn.Module) -> int:
+    """The fewest rows a call of the family's int8 heads takes as it is: 2 for RoIs (the least a dynamically
+    lowered graph takes), 1 for one row per image."""
+    return 2 if head_rows(model) == "rois" else 1
 
 
 def head_paths(model: torch.nn.Module) -> tuple[str, ...]:
@@ -382,8 +388,7 @@ def module_inputs(model: torch.nn.Module, path: str, images: torch.Tensor) -> li
     finally:
         handle.remove()
         model.train(was_training)
-    least = 2 if head_rows(model) == "rois" else 1
-    return [x for x in seen if len(x) >= least]
+    return [x for x in seen if len(x) >= least_rows(model)]
 
 
 def _set_module(model: torch.nn.Module, path: str, module: torch.nn.Module) -> None:

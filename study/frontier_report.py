@@ -25,7 +25,8 @@ CLASS_ORDER = ["teacher", "student alone", "student alone, 2x epochs", "Hinton K
                "classic KD (fitnets)", "classic KD (at)", "classic KD (nst)", "label smoothing (control)",
                "self-distillation (control)", "pruned teacher", "pruned teacher + KD", "int8", "int8 QAT", "int8 QAT + KD", "fp16"]
 AXES = (("params", "Parameters (M)", "params"), ("gflops", "GFLOPs per image", "gflops"),
-        ("size_mb", "Size on disk (MB)", "size"), ("onnx_mb", "ONNX file (MB), as ONNX Runtime loads it", "onnx_size"),
+        ("size_mb", "Size on disk (MB)", "size"),
+        ("onnx_mb", "ONNX file (MB), as ONNX Runtime loads it", "onnx_size"),
         ("cpu_ms", "CPU latency per image (ms, batch 1)", "latency"))
 
 
@@ -79,8 +80,8 @@ def _cost(v, fmt="{:.2f}") -> str:
 
 
 def points_table(points: list[Point]) -> str:
-    lines = ["| Detector | Class | Model | Method | n | Params (M) | GFLOPs | Size (MB) | ONNX (MB) | CPU ms | Test mAP | "
-             "95% t-interval | Two-level bootstrap 95% |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| Detector | Class | Model | Method | n | Params (M) | GFLOPs | Size (MB) | ONNX (MB) | CPU ms | "
+             "Test mAP | 95% t-interval | Two-level bootstrap 95% |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in sorted(points, key=lambda p: (p.group.detector, CLASS_ORDER.index(p.cls) if p.cls in CLASS_ORDER
                                              else 99, p.params or 0)):
         g = p.group
