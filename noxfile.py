@@ -29,14 +29,14 @@ def without_network() -> list[str]:
 
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
-    """Run the test suite (fast: tiny models, tiny images, the bundled data), with networking cut off."""
+    """Run the test suite (fast: tiny models, tiny images, the bundled data), with networking cut off: two pytest
+    processes at once (scripts/test_shards.py), or one plain pytest with the arguments given (`nox -s tests -- -k x`)."""
     install(session, "[test]")
+    command = [os.path.join(session.bin, "python"), "scripts/test_shards.py", *session.posargs]
     prefix = without_network()
     if prefix:
         session.log("tests run in a network namespace with only loopback: nothing can reach the network")
-        session.run(*prefix, os.path.join(session.bin, "pytest"), *session.posargs, env=OFFLINE_ENV, external=True)
-    else:
-        session.run("pytest", *session.posargs, env=OFFLINE_ENV)
+    session.run(*prefix, *command, env=OFFLINE_ENV, external=True)
 
 
 @nox.session(python="3.11")
