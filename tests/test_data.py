@@ -209,24 +209,22 @@ def test_yolo_loads_and_matches_voc_boxes(tiny_voc, ids, tmp_path):
         np.testing.assert_allclose(s.boxes, samples[s.image_path.stem].boxes, atol=1e-3)
 
 
+YOLO_BAD_LABELS = [  # (the label file's text, what the error says about it)
+    ("0 0.5 0.5 0.1\n", "line 1 is not 'class cx cy w h'"),
+    ("7 0.5 0.5 0.1 0.1\n", "line 1 has unknown class index 7"),
+    ("0 0.5 0.5 0.2 0.2\n0 nan 0.5 0.2 0.2\n", "line 2 has a non-finite coordinate"),
+    ("0 0.5 0.5 -0.2 0.2\n", "line 1 has a negative width or height"),
+    ("0 0.5 0.5 0.2 0.2 0.9\n", "line 1 is not 'class cx cy w h'"),  # six values: neither a box nor a polygon
+]
+
+
 def test_yolo_bad_line_and_unknown_class_index(tiny_voc, ids, tmp_path):
     _yolo_from_voc(tiny_voc, ids, tmp_path / "y")
     label = tmp_path / "y" / "labels" / "train" / f"{ids[0]}.txt"
-    label.write_text("0 0.5 0.5 0.1\n")
-    with pytest.raises(DataError, match=f"{ids[0]}.txt: line 1 is not 'class cx cy w h'"):
-        load_dataset(f"yolo:{tmp_path / 'y' / 'data.yaml'}")
-    label.write_text("7 0.5 0.5 0.1 0.1\n")
-    with pytest.raises(DataError, match=f"{ids[0]}.txt: line 1 has unknown class index 7"):
-        load_dataset(f"yolo:{tmp_path / 'y' / 'data.yaml'}")
-    label.write_text("0 0.5 0.5 0.2 0.2\n0 nan 0.5 0.2 0.2\n")
-    with pytest.raises(DataError, match=f"{ids[0]}.txt: line 2 has a non-finite coordinate"):
-        load_dataset(f"yolo:{tmp_path / 'y' / 'data.yaml'}")
-    label.write_text("0 0.5 0.5 -0.2 0.2\n")
-    with pytest.raises(DataError, match=f"{ids[0]}.txt: line 1 has a negative width or height"):
-        load_dataset(f"yolo:{tmp_path / 'y' / 'data.yaml'}")
-    label.write_text("0 0.5 0.5 0.2 0.2 0.9\n")  # six values: neither a box nor a polygon
-    with pytest.raises(DataError, match=f"{ids[0]}.txt: line 1 is not 'class cx cy w h'"):
-        load_dataset(f"yolo:{tmp_path / 'y' / 'data.yaml'}")
+    for text, problem in YOLO_BAD_LABELS:
+        label.write_text(text)
+        with pytest.raises(DataError, match=f"{ids[0]}.txt: {problem}"):
+            load_dataset(f"yolo:{tmp_path / 'y' / 'data.yaml'}")
     (tmp_path / "y" / "data.yaml").write_text("path: .\ntrain: images/train\nnames: 3\n")
     with pytest.raises(DataError, match="data.yaml: 'names' must be a list or a mapping of class names, not 3"):
         load_dataset(f"yolo:{tmp_path / 'y' / 'data.yaml'}")
