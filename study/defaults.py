@@ -321,11 +321,13 @@ def bad_values(profile: dict) -> list[str]:
     for key in ("seeds", "teacher_seeds", "self_teacher_seeds"):
         value = profile[key]
         need(isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-             and (key != "seeds" or value), key, "a list of whole numbers" + (" (at least one)" if key == "seeds"
-                                                                             else ""), value)
+             and value, key, "a list of whole numbers (at least one)", value)
         if isinstance(value, list):
             twice = sorted({v for v in value if value.count(v) > 1}, key=str)
             need(not twice, key, f"a list of distinct seeds ({twice[0] if twice else ''} is there twice)", value)
+    for key in ("max_train_images", "max_eval_images"):
+        need(profile[key] is None or _positive_int(profile[key]), key, "a whole number >= 1 or null (the whole split)",
+             profile[key])
     need(isinstance(profile["long_factor"], (int, float)) and profile["long_factor"] > 0, "long_factor",
          "a positive number", profile["long_factor"])
     out += _bad_methods("methods", profile["methods"])

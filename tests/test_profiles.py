@@ -90,6 +90,9 @@ def test_a_later_setting_is_in_a_runs_hparams_only_away_from_its_earlier_behavio
     ("faster_rcnn: {sizes: [{student: {backbone: shallow-s, epochs: 0}}]}\n",
      "faster_rcnn.sizes[1].student.epochs must be a whole number >= 1, not 0"),
     ("seeds: [0, 1, 0]\n", "seeds must be a list of distinct seeds (0 is there twice), not [0, 1, 0]"),
+    ("teacher_seeds: []\n", "teacher_seeds must be a list of whole numbers (at least one), not []"),  # was % by 0
+    ("max_train_images: -3\n", "max_train_images must be a whole number >= 1 or null (the whole split), not -3"),
+    ("max_eval_images: 0\n", "max_eval_images must be a whole number >= 1 or null (the whole split), not 0"),
     ("methods: [baseline, hintn]\n", "methods: unknown distillation method 'hintn' (parts: hinton, fitnets, at, nst, "
      "pkd, cwd, fgfi, ld, ls, joined by '+')"),
     ("faster_rcnn: {sizes: [{student: {backbone: shallow-s}, methods: [hinton+atx]}]}\n",
