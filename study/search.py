@@ -187,7 +187,14 @@ def search(profile: dict, method: str, n_trials: int | None, out_dir: Path, stor
     student of ``seed`` (default: the profile's first seed) against the first teacher seed's teacher."""
     if (n_trials is None) == (budget_epochs is None):
         raise StudyError("give exactly one budget: n_trials or budget_epochs")
-    parse_method(method) if method != "baseline" else None
+    for key, value in (("n_trials", n_trials), ("budget_epochs", budget_epochs), ("min_epochs", min_epochs)):
+        if value is not None and not (isinstance(value, int) and value >= (0 if key == "min_epochs" else 1)):
+            raise StudyError(f"{key} must be a whole number >= {0 if key == 'min_epochs' else 1}, not {value!r}")
+    if method != "baseline":
+        try:
+            parse_method(method)
+        except ValueError as exc:
+            raise StudyError(f"method: {exc}") from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runner = Study(profile, out_dir, data_spec, device, progress=False, log=log)

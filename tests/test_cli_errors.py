@@ -4,6 +4,7 @@ from __future__ import annotations
 import socket
 import time
 
+import pytest
 import torch
 
 from study.__main__ import main
@@ -15,6 +16,18 @@ def test_cuda_without_a_gpu_is_one_line(capsys, tmp_path):
     assert main(["run", "--profile", "smoke", "--device", "cuda", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: --device cuda: this machine has no CUDA GPU that torch can use (use cpu)"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "hintn", "--n-trials", "1"], "method: unknown distillation method 'hintn' (parts: hinton, fitnets, "
+     "at, nst, pkd, cwd, fgfi, ld, ls, joined by '+')"),  # was a ValueError's traceback
+    (["--method", "hinton", "--n-trials", "0"], "n_trials must be a whole number >= 1, not 0"),  # trained a teacher
+    (["--method", "hinton", "--budget-epochs", "-2"], "budget_epochs must be a whole number >= 1, not -2"),
+])
+def test_a_search_without_a_method_or_budget_to_run_is_one_line(capsys, tmp_path, args, message):
+    assert main(["search", "--profile", "smoke", "--out", str(tmp_path), *args]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
+    assert not (tmp_path / "runs.csv").exists()  # nothing trained
 
 
 def test_a_ray_address_with_nothing_there_fails_fast(capsys, tmp_path):
