@@ -156,12 +156,21 @@ def cmd_search(args) -> int:
     return 0
 
 
+def need_at_least(args, least: dict[str, int]) -> None:
+    """Refuse a numeric option below its least value (e.g. ``{"epochs": 1}``), naming the option, before any work."""
+    for name, value in least.items():
+        given = getattr(args, name)
+        if given is not None and given < value:
+            raise StudyError(f"--{name.replace('_', '-')} must be a whole number >= {value}, not {given}")
+
+
 def cmd_bench(args) -> int:
+    need_at_least(args, {"train_images": 1})
     profile, _ = profile_and_out(args)
     from study.bench.benchmarks import run_bench
     if "fcos" not in profile["detectors"]:
         profile["detectors"] = profile["detectors"] + ["fcos"]  # benchmarked even where a profile omits it
-    settings = {"train_images": args.train_images} if args.train_images else {}
+    settings = {"train_images": args.train_images} if args.train_images is not None else {}
     if args.skip_scaling:
         settings["scaling_base"] = None
     run_bench(profile, Path(args.out), args.data, args.device, settings)
@@ -170,6 +179,9 @@ def cmd_bench(args) -> int:
 
 
 def cmd_parity(args) -> int:
+    need_at_least(args, {"image_size": 32, "epochs": 1})
+    if len(set(args.seeds)) < len(args.seeds):
+        raise StudyError(f"--seeds must be distinct, not {' '.join(map(str, args.seeds))}")
     profile, _ = profile_and_out(args)
     from study.bench.parity import run_parity_seeds
     r = run_parity_seeds(profile, args.model, args.image_size, args.epochs, args.seeds, Path(args.out),

@@ -30,6 +30,18 @@ def test_a_search_without_a_method_or_budget_to_run_is_one_line(capsys, tmp_path
     assert not (tmp_path / "runs.csv").exists()  # nothing trained
 
 
+@pytest.mark.parametrize("args, message", [
+    (["parity", "--epochs", "0"], "--epochs must be a whole number >= 1, not 0"),  # was a traceback after training
+    (["parity", "--image-size", "7"], "--image-size must be a whole number >= 32, not 7"),  # trained at 7 px
+    (["parity", "--seeds", "1", "1"], "--seeds must be distinct, not 1 1"),
+    (["bench", "--train-images", "0"], "--train-images must be a whole number >= 1, not 0"),  # measured 96 instead
+])
+def test_a_benchmark_option_below_its_least_value_is_one_line(capsys, tmp_path, args, message):
+    assert main([*args, "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: {message}"]
+    assert not any(tmp_path.iterdir())  # nothing ran
+
+
 def test_a_ray_address_with_nothing_there_fails_fast(capsys, tmp_path):
     with socket.socket() as s:  # a free loopback port that nothing listens on
         s.bind(("127.0.0.1", 0))
