@@ -308,8 +308,8 @@ def _bad_compression(key: str, comp) -> list[str]:
 
 def bad_values(profile: dict) -> list[str]:
     """What a profile sets that no run could use, each as ``key must be ..., not value`` (checked before anything
-    trains): image size, epochs, seeds (whole and distinct), methods, role settings, backbones and models,
-    distillation settings, compression settings, the latency runtime and rounds, workers."""
+    trains): image size, image limits, epochs, seeds (whole, distinct, at least one), methods, role settings,
+    backbones and models, distillation settings, compression settings, the latency runtime and rounds, workers."""
     out = []
 
     def need(ok: bool, key: str, what: str, value) -> None:
