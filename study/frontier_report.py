@@ -112,12 +112,20 @@ def best_table(points: list[Point], column: str) -> str:
             "cpu_ms": "CPU ms"}[column]
     lines = [f"| Detector | Budget ({unit}) | Best model | Test mAP [95% t] | Runner-up | Test mAP [95% t] |",
              "|---|---|---|---|---|---|"]
+    fmt = lambda p: ("–", "–") if p is None else (p.label, f"{p.map:.3f} " + (  # noqa: E731
+        f"(n = {len(p.group.ok)})" if p.t_low is None else f"[{p.t_low:.3f}, {p.t_high:.3f}]"))
+    # consecutive budgets with the same best and runner-up are one row: "≤ 0.89 to ≤ 28" (the larger budgets add nothing)
+    spans: list[list] = []
     for b in best_at_budgets(points, column):
-        best, second = b["best"], b["runner_up"]
-        fmt = lambda p: ("–", "–") if p is None else (p.label, f"{p.map:.3f} " + (  # noqa: E731
-            f"(n = {len(p.group.ok)})" if p.t_low is None else f"[{p.t_low:.3f}, {p.t_high:.3f}]"))
-        lines.append(f"| {b['detector']} | ≤ {b['budget']:.2f} | {fmt(best)[0]} | {fmt(best)[1]} | "
-                     f"{fmt(second)[0]} | {fmt(second)[1]} |")
+        key = (b["detector"], id(b["best"]), id(b["runner_up"]))
+        if spans and spans[-1][0] == key:
+            spans[-1][2] = b["budget"]
+        else:
+            spans.append([key, b, b["budget"]])
+    for _, b, last in spans:
+        budget = f"≤ {b['budget']:.3g}" + ("" if last == b["budget"] else f" to ≤ {last:.3g}")
+        lines.append(f"| {b['detector']} | {budget} | {fmt(b['best'])[0]} | {fmt(b['best'])[1]} | "
+                     f"{fmt(b['runner_up'])[0]} | {fmt(b['runner_up'])[1]} |")
     return "\n".join(lines) + "\n"
 
 

@@ -129,6 +129,18 @@ def test_best_table_says_n_where_a_row_has_no_interval():
     assert "| mid hinton | 0.520 (n = 1) | mid baseline | 0.490 [" in table
 
 
+def test_best_table_merges_budgets_where_nothing_changes():
+    from study.frontier_report import best_table
+
+    rows = study_rows()
+    points = points_of(rows)
+    differences(points, rows)
+    table = best_table(points, "params")
+    # budgets 1 and 10 M have the same best (mid hinton) and runner-up (mid ls): one row; 0.1 and 28 their own
+    assert "| faster_rcnn | ≤ 1 to ≤ 10 | mid hinton | 0.492 [" in table
+    assert table.count("| mid hinton | 0.492 [0.487, 0.497] | mid ls") == 1 and "| ≤ 0.1 | small hinton |" in table and "| ≤ 28 |" in table
+
+
 def test_onnx_file_size_is_a_budget_axis_where_the_latency_pass_ran_in_onnx_runtime(tmp_path):
     """int8 moves on the ONNX file's axis (a compact graph) more than on the saved programs' (each carries its
     serialized graph): the best within 0.5 MB of ONNX file is the int8 model, on disk it is not."""
@@ -141,7 +153,7 @@ def test_onnx_file_size_is_a_budget_axis_where_the_latency_pass_ran_in_onnx_runt
     by_onnx = {round(b["budget"], 2): b["best"].label for b in best_at_budgets(points, "onnx_mb")}
     by_disk = {round(b["budget"], 2): b["best"].label for b in best_at_budgets(points, "size_mb")}
     assert by_onnx[0.5] == "mid int8" and by_disk[0.5] == "tiny baseline"
-    assert "| ≤ 0.50 | mid int8 | 0.490 (n = 1) | tiny baseline | 0.405 [" in best_table(points, "onnx_mb")
+    assert "| ≤ 0.5 | mid int8 | 0.490 (n = 1) | tiny baseline | 0.405 [" in best_table(points, "onnx_mb")
     import csv
     with open(tmp_path / "runs.csv", "w", newline="") as f:
         keys = sorted({k for r in (source, int8, *base) for k in r})
