@@ -156,7 +156,7 @@ def _read_voc_xml(path: Path) -> tuple[int | None, int | None, list[tuple[str, l
     if size is not None and size.findtext("width") and size.findtext("height"):
         try:
             width, height = int(float(size.findtext("width"))), int(float(size.findtext("height")))
-        except ValueError:
+        except (ValueError, OverflowError):  # not a number, or nan / inf
             raise DataError(f"{path}: <size> has a non-numeric width or height") from None
     objects = []
     for obj in root.iter("object"):
@@ -168,6 +168,8 @@ def _read_voc_xml(path: Path) -> tuple[int | None, int | None, list[tuple[str, l
             coords = [float(bnd.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
         except (TypeError, ValueError):
             raise DataError(f"{path}: a <bndbox> has a missing or non-numeric coordinate") from None
+        if not all(math.isfinite(v) for v in coords):
+            raise DataError(f"{path}: the <bndbox> of a '{name}' has a non-finite coordinate (nan or inf)")
         if coords[2] < coords[0] or coords[3] < coords[1]:
             raise DataError(f"{path}: the <bndbox> of a '{name}' has xmax < xmin or ymax < ymin "
                             f"({', '.join(f'{v:g}' for v in coords)}): corners swapped?")
@@ -267,6 +269,8 @@ def _read_coco_file(ann_path: Path, image_dir: Path, clean: _BoxCleaner, class_n
         if not (isinstance(box, list) and len(box) == 4
                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
             raise DataError(f"{ann_path}: annotation {ann.get('id')} has no bbox [x, y, width, height] (got {box!r})")
+        if not all(math.isfinite(v) for v in box):
+            raise DataError(f"{ann_path}: annotation {ann.get('id')} has a non-finite bbox value (bbox {box})")
         if box[2] < 0 or box[3] < 0:
             raise DataError(f"{ann_path}: annotation {ann.get('id')} has a negative width or height (bbox {box})")
         per_image[ann.get("image_id")].append(ann)

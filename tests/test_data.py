@@ -86,6 +86,18 @@ def test_voc_box_with_swapped_corners_is_an_error_not_a_dropped_box(tiny_voc, id
         load_dataset(f"voc:{tiny_voc}")
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_voc_non_finite_coordinate_or_size_is_an_error(tiny_voc, ids, value):
+    xml = tiny_voc / "Annotations" / f"{ids[1]}.xml"
+    xml.write_text(voc_xml([("RBC", (10, 10, 50, 50))]).replace("<xmax>50</xmax>", f"<xmax>{value}</xmax>", 1))
+    with pytest.raises(DataError) as err:
+        load_dataset(f"voc:{tiny_voc}")
+    assert str(err.value) == f"{xml}: the <bndbox> of a 'RBC' has a non-finite coordinate (nan or inf)"
+    xml.write_text(voc_xml([("RBC", (10, 10, 50, 50))], width=value))
+    with pytest.raises(DataError, match=f"{ids[1]}.xml: <size> has a non-numeric width or height"):
+        load_dataset(f"voc:{tiny_voc}")
+
+
 def test_voc_unknown_class_against_labels_file(tiny_voc, ids):
     (tiny_voc / "labels.txt").write_text("RBC\nWBC\nPlatelets\n")
     (tiny_voc / "Annotations" / f"{ids[2]}.xml").write_text(voc_xml([("Diatom", (1, 1, 50, 50))]))
@@ -173,6 +185,8 @@ def test_coco_malformed_json_and_unknown_category(tiny_voc, ids, tmp_path):
     (lambda d: d["images"][1].pop("file_name"), "image entry 1 has no 'file_name'"),
     (lambda d: d["annotations"][0].update(bbox=[10, 20, -5, 8]),
      "annotation 1 has a negative width or height (bbox [10, 20, -5, 8])"),
+    (lambda d: d["annotations"][0].update(bbox=[10, 20, float("nan"), 8]),
+     "annotation 1 has a non-finite bbox value (bbox [10, 20, nan, 8])"),
     (lambda d: d["categories"][0].pop("name"), "category entry 0 has no 'name'")])
 def test_coco_entry_that_cannot_be_read_is_named_in_one_line(tiny_voc, ids, tmp_path, change, message):
     _coco_from_voc(tiny_voc, ids, tmp_path / "ann.json")
