@@ -368,7 +368,60 @@ def bad_values(profile: dict) -> list[str]:
         least = 2 if key == "rounds" else 1
         need(_positive_int(value) and value >= least, f"cost.{key}", f"a whole number >= {least}" + (
             " (a latency's spread needs two rounds)" if key == "rounds" else ""), value)
-    train = profile["train"]
-    need(_positive_int(train["batch_size"]), "train.batch_size", "a whole number >= 1", train["batch_size"])
-    need(isinstance(train["lr"], (int, float)) and train["lr"] > 0, "train.lr", "a positive number", train["lr"])
+    need(_positive_int(profile["cost"]["threads"]), "cost.threads", "a whole number >= 1", profile["cost"]["threads"])
+    need(_whole(profile["cost"]["warmup"]) and profile["cost"]["warmup"] >= 0, "cost.warmup", "a whole number >= 0",
+         profile["cost"]["warmup"])
+    out += _bad_train("train", profile["train"])
+    for family in profile["detectors"]:
+        if family in FAMILIES and "train" in profile[family]:
+            out += _bad_train(f"{family}.train", profile["train"] | profile[family]["train"])
+    for key, ok, what in SETTING_CHECKS:
+        section, _, name = key.partition(".")
+        value = profile[section][name] if name else profile[section]
+        need(ok(value), key, what, value)
     return out
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_fraction = lambda v: _number(v) and 0 <= v < 1  # noqa: E731
+# the training settings a value must pass, as (setting, check, what it must be); a setting a family's train lacks
+# is not checked there (study.train reads ``cfg.get`` for the optional ones)
+TRAIN_CHECKS = (
+    ("optimizer", lambda v: v in ("sgd", "adamw"), "sgd or adamw"),
+    ("batch_size", _positive_int, "a whole number >= 1"),
+    ("lr", lambda v: _number(v) and v > 0, "a positive number"),
+    ("momentum", _fraction, "a number in [0, 1)"),
+    ("weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ("warmup_iters", lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
+    ("warmup_bias_lr", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ("warmup_momentum", _fraction, "a number in [0, 1)"),
+    ("val_every", _positive_int, "a whole number >= 1"),
+    ("clip_grad_norm", lambda v: v is None or (_number(v) and v >= 0), "a number >= 0 (0 or null: no clipping)"),
+    ("ema_decay", _fraction, "a number in [0, 1)"),
+    ("ema_tau", lambda v: _number(v) and v > 0, "a positive number"),
+    *((flag, lambda v: isinstance(v, bool), "true or false")
+      for flag in ("hflip", "vflip", "channels_last", "bf16_on_cpu", "nesterov", "no_decay_norm_bias")),
+)
+# the other sections' settings, checked the same way ("section.setting", or a top-level "key")
+SETTING_CHECKS = (
+    ("cost.seed", _whole, "a whole number"),
+    ("report.frontier", lambda v: isinstance(v, bool), "true or false"),
+    ("report.bootstrap", _positive_int, "a whole number of resamples >= 1"),
+    ("report.bootstrap_seed", _whole, "a whole number"),
+    ("teacher_cache_mb", lambda v: _number(v) and v >= 0, "a number of MB >= 0"),
+    ("tuning.budget_epochs", _positive_int, "a whole number >= 1"),
+    ("tuning.min_epochs", lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
+    ("tuning.search_seed", _whole, "a whole number"),
+    ("tuning.pruner", lambda v: v in ("median", "hyperband"), "median or hyperband"),
+    ("search.heartbeat_s", lambda v: _number(v) and v > 0, "a positive number of seconds"),
+    ("search.grace_s", lambda v: _number(v) and v >= 0, "a number of seconds >= 0"),
+    ("execution.executor", lambda v: v in ("local", "ray"), "local or ray"),
+)
+
+
+def _bad_train(key: str, train: dict) -> list[str]:
+    return [f"{key}.{name} must be {what}, not {train[name]!r}" for name, ok, what in TRAIN_CHECKS
+            if name in train and not ok(train[name])]

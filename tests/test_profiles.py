@@ -118,7 +118,19 @@ def test_a_later_setting_is_in_a_runs_hparams_only_away_from_its_earlier_behavio
      "compression.prune-30+kd.kd.hinton.weight must be a number >= 0, not -1"),
     ("compression: {int8: {calibration_images: 0}}\n",
      "compression.int8.calibration_images must be a whole number >= 1, not 0"),
-    ("cost: {runtime: tensorrt}\n", "cost.runtime must be pytorch or onnxruntime, not 'tensorrt'")])
+    ("cost: {runtime: tensorrt}\n", "cost.runtime must be pytorch or onnxruntime, not 'tensorrt'"),
+    # these failed only at the latency pass, after every run had trained (threads), failed every run (optimizer,
+    # momentum, val_every) or silently did something else (a negative clip norm flips the gradient; 'no' is true)
+    ("cost: {threads: 0}\n", "cost.threads must be a whole number >= 1, not 0"),
+    ("train: {optimizer: adam}\n", "train.optimizer must be sgd or adamw, not 'adam'"),
+    ("train: {momentum: 1.5}\n", "train.momentum must be a number in [0, 1), not 1.5"),
+    ("train: {val_every: 0}\n", "train.val_every must be a whole number >= 1, not 0"),
+    ("train: {clip_grad_norm: -1}\n", "train.clip_grad_norm must be a number >= 0 (0 or null: no clipping), not -1"),
+    ("train: {bf16_on_cpu: 'no'}\n", "train.bf16_on_cpu must be true or false, not 'no'"),
+    ("detectors: [yolo]\nyolo: {train: {ema_decay: 1.2}}\n", "yolo.train.ema_decay must be a number in [0, 1), not 1.2"),
+    ("execution: {executor: slurm}\n", "execution.executor must be local or ray, not 'slurm'"),
+    ("tuning: {pruner: asha}\n", "tuning.pruner must be median or hyperband, not 'asha'"),
+    ("report: {bootstrap: 0}\n", "report.bootstrap must be a whole number of resamples >= 1, not 0")])
 def test_values_no_run_could_use_are_one_line_errors_before_anything_trains(tmp_path, text, message):
     profile = written(tmp_path, text)
     with pytest.raises(ValueError) as err:
