@@ -57,7 +57,10 @@ class Study:
         self.progress = progress
         self.log = log
         self.workers = workers  # None: the profile's ``execution`` settings decide
-        resolved = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        try:
+            resolved = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        except RuntimeError:
+            raise StudyError(f"--device {device}: not a device (cpu, cuda, cuda:N)") from None
         if resolved.type == "cuda" and not torch.cuda.is_available():  # before the workspace touches the folder
             raise StudyError(f"--device {device}: this machine has no CUDA GPU that torch can use (use cpu)")
         self.workspace = Workspace(profile, out_dir, data_spec or profile["data"], resolved,

@@ -97,7 +97,13 @@ def open_storage(url: str | None, out_dir: Path, heartbeat_s: int = 10, grace_s:
             return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=grace_s,
                               heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
 
-    return _retried(connect)
+    try:
+        return _retried(connect)
+    except Exception as exc:  # SQLAlchemy's errors for a URL it cannot parse or a database it cannot open
+        if type(exc).__module__.startswith("sqlalchemy"):
+            raise StudyError(f"--storage {url}: cannot open the search database "
+                             f"({str(exc.args[0] if exc.args else exc).splitlines()[0]})") from None
+        raise
 
 
 def _retried(make, attempts: int = 5):
@@ -106,9 +112,9 @@ def _retried(make, attempts: int = 5):
     for attempt in range(attempts):
         try:
             return make()
-        except Exception:
-            if attempt == attempts - 1:
-                raise
+        except Exception as exc:
+            if attempt == attempts - 1 or type(exc).__name__ in ("ArgumentError", "NoSuchModuleError"):
+                raise  # the last try, or a URL no retry can fix
             time.sleep(1 + attempt)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -41,6 +42,17 @@ def build_model(spec: RunSpec, num_classes: int) -> torch.nn.Module:
                                                          for k, v in shape.items()})
 
 
+def _check_creatable(folder: Path) -> None:
+    """Raise a one-line :class:`StudyError` when ``folder`` could not be made (created later, where it is written)."""
+    existing = folder.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if existing != folder.absolute() and not existing.is_dir():
+        raise StudyError(f"{folder}: cannot create the study's output folder ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StudyError(f"{folder}: cannot create or write the study's output folder (no permission on {existing})")
+
+
 class Workspace:
     """The data, image sets, run folders and caches of one study in ``out_dir``; ``log`` gets the data's warnings."""
 
@@ -49,6 +61,7 @@ class Workspace:
         self.out_dir = Path(out_dir)
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise StudyError(f"{self.out_dir}: the study's output folder is a file")
+        _check_creatable(self.out_dir)
         configure_ultralytics(self.out_dir / ".ultralytics")  # its settings file stays in the results folder
         self.runs_csv = self.out_dir / "runs.csv"
         self.data_spec = data_spec

@@ -42,6 +42,21 @@ def test_a_benchmark_option_below_its_least_value_is_one_line(capsys, tmp_path, 
     assert not any(tmp_path.iterdir())  # nothing ran
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--device", "tpu"], "--device tpu: not a device (cpu, cuda, cuda:N)"),  # was torch's RuntimeError traceback
+    (["--out", "{tmp}/a-file/study"], "{tmp}/a-file/study: cannot create the study's output folder ({tmp}/a-file is "
+     "a file)"),  # was a NotADirectoryError traceback
+    (["--tuned", "--storage", "nosuchdb://x"], "--storage nosuchdb://x: cannot open the search database (Can't load "
+     "plugin: sqlalchemy.dialects:nosuchdb)"),  # was SQLAlchemy's traceback
+])
+def test_a_device_folder_or_storage_that_cannot_be_used_is_one_line(capsys, tmp_path, args, message):
+    (tmp_path / "a-file").write_text("")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert main(["run", "--profile", "smoke", "--out", str(tmp_path / "out"), *args]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {message.replace('{tmp}', str(tmp_path))}"
+    assert not (tmp_path / "out" / "runs.csv").exists()  # nothing trained
+
+
 def test_a_ray_address_with_nothing_there_fails_fast(capsys, tmp_path):
     with socket.socket() as s:  # a free loopback port that nothing listens on
         s.bind(("127.0.0.1", 0))
