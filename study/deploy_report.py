@@ -26,8 +26,9 @@ def deployment_lines(rows: list[dict]) -> list[str]:
         groups.setdefault((r["detector"], r["backbone"], r["method"]), []).append(r)
     lines = ["## Deployment: ONNX Runtime and PyTorch eager", "",
              "Every model exported whole to ONNX (an int8 model with its int8 graph as QuantizeLinear/DequantizeLinear "
-             "pairs) and timed in ONNX Runtime (CPU provider), in the same interleaved rounds as its PyTorch eager form "
-             "(an int8 graph lowered to oneDNN kernels); batch 1, medians over the runs' medians. The export check: "
+             "pairs) and timed in ONNX Runtime (CPU provider) in interleaved rounds, beside its PyTorch eager form "
+             "timed in rounds of the eager forms (an int8 graph lowered to oneDNN kernels); batch 1, medians over the "
+             "runs' medians. The export check: "
              f"the exported model's test mAP against PyTorch's, to be within {EXPORT_TOLERANCE * 100:.1f} points.", "",
              "| Detector | Backbone | Method | Runs | ONNX Runtime ms | Eager ms | Eager / ORT | ONNX MB | "
              "max abs(mAP − exported mAP), points |", "|---|---|---|---|---|---|---|---|---|"]

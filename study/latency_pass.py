@@ -8,8 +8,8 @@ every latency of the table comes from one pass.
 
 The runtime is the profile's ``cost.runtime``: ``pytorch`` (eager mode; ``cpu_ms``) or ``onnxruntime``: every model
 is exported whole (:func:`study.onnx_runtime.export_detector`; an int8 model with its int8 graph) and timed in ONNX
-Runtime (``cpu_ms``) in the same interleaved rounds as its PyTorch eager form (``eager_ms``; an int8 graph lowered
-to oneDNN kernels), and the exported model is evaluated on the test split (``onnx_map``, to compare with ``map``).
+Runtime (``cpu_ms``) in interleaved rounds, then its PyTorch eager form (``eager_ms``; an int8 graph lowered to
+oneDNN kernels) in rounds of the eager forms, and the exported model is evaluated on the test split (``onnx_map``, to compare with ``map``).
 """
 from __future__ import annotations
 
@@ -78,8 +78,8 @@ def measure_deferred_latency(workspace: Workspace, log=print) -> int:
 
 
 def _onnxruntime_pass(workspace: Workspace, models: dict, cuda_ok: dict, images: list, cfg: dict) -> dict:
-    """Every model exported and loaded in ONNX Runtime, timed in the same interleaved rounds as its eager form (an
-    int8 model lowered to oneDNN kernels), and its export evaluated on the test split; run id -> the row's
+    """Every model exported and loaded in ONNX Runtime and timed in interleaved rounds, then every eager form (an
+    int8 model lowered to oneDNN kernels) in rounds of its own, and each export evaluated on the test split; run id -> the row's
     ``cpu_ms``, ``cpu_ms_iqr``, ``eager_ms``, ``onnx_mb``, ``onnx_map``, ``runtime``."""
     from study.onnx_runtime import ort_detector
 
@@ -90,7 +90,11 @@ def _onnxruntime_pass(workspace: Workspace, models: dict, cuda_ok: dict, images:
         exported[run_id] = ort_detector(model, images[0], path, threads=cfg["threads"])
         contenders[(run_id, "ort")] = exported[run_id]
         contenders[(run_id, "eager")] = eager_form(model, cuda_ok[run_id], images[0])
-    timed = interleaved_latency(contenders, images, cfg, seed=cfg.get("seed", 0))
+    # each runtime in its own interleaved rounds: PyTorch's thread pool is not left running beside a session's
+    timed = {}
+    for runtime in ("ort", "eager"):
+        timed |= interleaved_latency({k: m for k, m in contenders.items() if k[1] == runtime}, images, cfg,
+                                     seed=cfg.get("seed", 0))
     out = {}
     for run_id, detector in exported.items():
         out[run_id] = {"cpu_ms": timed[(run_id, "ort")]["cpu_ms"], "cpu_ms_iqr": timed[(run_id, "ort")]["cpu_ms_iqr"],

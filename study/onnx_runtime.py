@@ -17,8 +17,8 @@ through ``onnxruntime.quantization``, and CPU latency at batch 1.
   kernels), per-channel weights by default, activations calibrated (min-max) by a data reader over a few images.
   ``quant_pre_process`` (shape inference, graph optimisation) runs first, as ONNX Runtime recommends.
 - Latency: ONNX Runtime's CPU provider, ``intra_op_num_threads`` fixed, one inter-op thread, batch 1; an
-  :class:`OrtDetector` is called like the PyTorch model, so :func:`study.cost.interleaved_latency` times both in
-  the same interleaved rounds.
+  :class:`OrtDetector` is called like the PyTorch model, so :func:`study.cost.interleaved_latency` times it as it
+  times eager models (the latency pass times each runtime in rounds of its own).
 """
 from __future__ import annotations
 
@@ -118,13 +118,16 @@ def quantize_onnx_int8(fp32_path: Path | str, int8_path: Path | str, calibration
 
 
 def session(path: Path | str, threads: int = 1):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads and one inter-op thread."""
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads and one inter-op thread, whose threads sleep
+    when a run ends instead of spinning: each session has its own thread pool, and a pool still spinning after its
+    run competes for the cores with the next session's (docs/decisions.md, "ONNX Runtime sessions do not spin")."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

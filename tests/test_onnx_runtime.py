@@ -150,3 +150,30 @@ def test_yolo_trunk_exports_with_both_exporters(tmp_path):
     for dynamo in (False, True):
         path = export_onnx(part, x, tmp_path / f"yolo-{dynamo}.onnx", dynamo=dynamo)
         assert compare(ref, run(session(path), x))["max_rel"] < 1e-4, dynamo
+
+
+def test_sessions_sleep_between_runs(tmp_path):
+    """Each session has its own thread pool; one left spinning after its run slowed the next session's first image
+    about 2.5x in the latency pass's interleaved rounds (docs/decisions.md), so sessions do not spin."""
+    part, x = onnx_part(tiny(), images())
+    sess = session(export_onnx(part, x[:1], tmp_path / "fp32.onnx"), threads=2)
+    assert sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_the_latency_pass_times_each_runtime_in_rounds_of_its_own(tmp_path, monkeypatch):
+    import types
+
+    from study import latency_pass
+
+    calls = []
+    monkeypatch.setattr(latency_pass, "interleaved_latency", lambda models, *a, **k: calls.append(sorted(models)) or {
+        key: {"cpu_ms": 1.0, "cpu_ms_iqr": 0.1} for key in models})
+    monkeypatch.setattr("study.onnx_runtime.ort_detector", lambda model, image, path, threads: types.SimpleNamespace(
+        path=types.SimpleNamespace(stat=lambda: types.SimpleNamespace(st_size=10 ** 6))))
+    monkeypatch.setattr(latency_pass, "evaluate_map", lambda *a: 0.5)
+    workspace = types.SimpleNamespace(image_set=lambda split: None, data=lambda: types.SimpleNamespace(class_names=[]),
+                                      run_dir=lambda run_id: tmp_path / run_id)
+    out = latency_pass._onnxruntime_pass(workspace, {"a": tiny(), "b": tiny()}, {"a": True, "b": True},
+                                         [images(1)[0]], {"threads": 1, "seed": 0})
+    assert calls == [[("a", "ort"), ("b", "ort")], [("a", "eager"), ("b", "eager")]]
+    assert out["a"]["cpu_ms"] == 1.0 and out["a"]["eager_ms"] == 1.0 and out["a"]["onnx_mb"] == 1.0
