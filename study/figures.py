@@ -17,6 +17,15 @@ OKABE_ITO = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "
 MARKERS = ["*", "o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
 
 
+def log_axis(ax) -> None:
+    """A log-scale x axis labelled in plain numbers (0.1, 2, 5, 10, 20 ...), not as 2x10^0."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}".lstrip("0.")[:1] in "25" else ""))
+
+
 def _style(i: int) -> dict:
     return {"color": OKABE_ITO[i % len(OKABE_ITO)], "marker": MARKERS[i % len(MARKERS)]}
 
@@ -57,7 +66,7 @@ def accuracy_vs_cost(groups: list[Group], out: Path, column: str, xlabel: str, s
     if len(front) > 1:
         ax.plot(*zip(*front), linestyle="--", color="grey", linewidth=1, label="Pareto front", zorder=0)
     if log_x:
-        ax.set_xscale("log")
+        log_axis(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("COCO mAP@[.5:.95] (test)")
     ax.grid(alpha=0.3)

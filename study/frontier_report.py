@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from study import bootstrap  # noqa: E402
 from study.evaluate import load_detections  # noqa: E402
-from study.figures import MARKERS, OKABE_ITO, _save  # noqa: E402
+from study.figures import MARKERS, OKABE_ITO, _save, log_axis  # noqa: E402
 from study.frontier import (CONTROLS, Point, best_at_budgets, differences, dose_response, pareto,  # noqa: E402
                             points_of, transfer_verdicts)
 from study.store import read_study_rows  # noqa: E402
@@ -173,7 +173,7 @@ def frontier_figure(points: list[Point], column: str, xlabel: str, out: Path, st
             if len(front) > 1:
                 ax.plot([getattr(p, column) for p in front], [p.map for p in front], linestyle=":", color="grey",
                         linewidth=1, zorder=0, label="Pareto front (all models)")
-            ax.set_xscale("log")
+            log_axis(ax)
             ax.set_xlabel(xlabel)
             ax.set_ylabel("COCO mAP@[.5:.95] (test)")
             ax.set_title(f"{detector}: {title}", fontsize=10)
