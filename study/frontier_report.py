@@ -114,7 +114,7 @@ def best_table(points: list[Point], column: str) -> str:
              "|---|---|---|---|---|---|"]
     fmt = lambda p: ("–", "–") if p is None else (p.label, f"{p.map:.3f} " + (  # noqa: E731
         f"(n = {len(p.group.ok)})" if p.t_low is None else f"[{p.t_low:.3f}, {p.t_high:.3f}]"))
-    # consecutive budgets with the same best and runner-up are one row: "≤ 0.89 to ≤ 28" (the larger budgets add nothing)
+    # consecutive budgets with the same best and runner-up are one row, "≤ 0.89 to ≤ 28": the larger ones add nothing
     spans: list[list] = []
     for b in best_at_budgets(points, column):
         key = (b["detector"], id(b["best"]), id(b["runner_up"]))

@@ -9,7 +9,8 @@ every latency of the table comes from one pass.
 The runtime is the profile's ``cost.runtime``: ``pytorch`` (eager mode; ``cpu_ms``) or ``onnxruntime``: every model
 is exported whole (:func:`study.onnx_runtime.export_detector`; an int8 model with its int8 graph) and timed in ONNX
 Runtime (``cpu_ms``) in interleaved rounds, then its PyTorch eager form (``eager_ms``; an int8 graph lowered to
-oneDNN kernels) in rounds of the eager forms, and the exported model is evaluated on the test split (``onnx_map``, to compare with ``map``).
+oneDNN kernels) in rounds of the eager forms, and the exported model is evaluated on the test split (``onnx_map``,
+to compare with ``map``).
 """
 from __future__ import annotations
 
@@ -79,8 +80,8 @@ def measure_deferred_latency(workspace: Workspace, log=print) -> int:
 
 def _onnxruntime_pass(workspace: Workspace, models: dict, cuda_ok: dict, images: list, cfg: dict) -> dict:
     """Every model exported and loaded in ONNX Runtime and timed in interleaved rounds, then every eager form (an
-    int8 model lowered to oneDNN kernels) in rounds of its own, and each export evaluated on the test split; run id -> the row's
-    ``cpu_ms``, ``cpu_ms_iqr``, ``eager_ms``, ``onnx_mb``, ``onnx_map``, ``runtime``."""
+    int8 model lowered to oneDNN kernels) in rounds of its own, and each export evaluated on the test split; run
+    id -> the row's ``cpu_ms``, ``cpu_ms_iqr``, ``eager_ms``, ``onnx_mb``, ``onnx_map``, ``runtime``."""
     from study.onnx_runtime import ort_detector
 
     test_set, classes = workspace.image_set("test"), workspace.data().class_names
