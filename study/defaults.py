@@ -218,7 +218,7 @@ RUNTIMES = ("pytorch", "onnxruntime")  # where the latency pass times the models
 
 
 def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return _whole(value) and value > 0
 
 
 def _bad_methods(key: str, methods) -> list[str]:
@@ -320,7 +320,7 @@ def bad_values(profile: dict) -> list[str]:
          "a whole number of pixels >= 32", profile["image_size"])
     for key in ("seeds", "teacher_seeds", "self_teacher_seeds"):
         value = profile[key]
-        need(isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        need(isinstance(value, list) and all(_whole(v) for v in value)
              and value, key, "a list of whole numbers (at least one)", value)
         if isinstance(value, list):
             twice = sorted({v for v in value if value.count(v) > 1}, key=str)
@@ -368,9 +368,6 @@ def bad_values(profile: dict) -> list[str]:
         least = 2 if key == "rounds" else 1
         need(_positive_int(value) and value >= least, f"cost.{key}", f"a whole number >= {least}" + (
             " (a latency's spread needs two rounds)" if key == "rounds" else ""), value)
-    need(_positive_int(profile["cost"]["threads"]), "cost.threads", "a whole number >= 1", profile["cost"]["threads"])
-    need(_whole(profile["cost"]["warmup"]) and profile["cost"]["warmup"] >= 0, "cost.warmup", "a whole number >= 0",
-         profile["cost"]["warmup"])
     out += _bad_train("train", profile["train"])
     for family in profile["detectors"]:
         if family in FAMILIES and "train" in profile[family]:
@@ -407,6 +404,8 @@ TRAIN_CHECKS = (
 )
 # the other sections' settings, checked the same way ("section.setting", or a top-level "key")
 SETTING_CHECKS = (
+    ("cost.threads", _positive_int, "a whole number >= 1"),
+    ("cost.warmup", lambda v: _whole(v) and v >= 0, "a whole number >= 0"),
     ("cost.seed", _whole, "a whole number"),
     ("report.frontier", lambda v: isinstance(v, bool), "true or false"),
     ("report.bootstrap", _positive_int, "a whole number of resamples >= 1"),

@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 
 import optuna
+import sqlalchemy.exc
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -99,11 +100,9 @@ def open_storage(url: str | None, out_dir: Path, heartbeat_s: int = 10, grace_s:
 
     try:
         return _retried(connect)
-    except Exception as exc:  # SQLAlchemy's errors for a URL it cannot parse or a database it cannot open
-        if type(exc).__module__.startswith("sqlalchemy"):
-            raise StudyError(f"--storage {url}: cannot open the search database "
-                             f"({str(exc.args[0] if exc.args else exc).splitlines()[0]})") from None
-        raise
+    except sqlalchemy.exc.SQLAlchemyError as exc:  # a URL it cannot parse, a database it cannot open
+        raise StudyError(f"--storage {url}: cannot open the search database "
+                         f"({str(exc.args[0] if exc.args else exc).splitlines()[0]})") from None
 
 
 def _retried(make, attempts: int = 5):
@@ -113,7 +112,7 @@ def _retried(make, attempts: int = 5):
         try:
             return make()
         except Exception as exc:
-            if attempt == attempts - 1 or type(exc).__name__ in ("ArgumentError", "NoSuchModuleError"):
+            if attempt == attempts - 1 or isinstance(exc, sqlalchemy.exc.ArgumentError):
                 raise  # the last try, or a URL no retry can fix
             time.sleep(1 + attempt)
 

@@ -43,11 +43,14 @@ def build_model(spec: RunSpec, num_classes: int) -> torch.nn.Module:
 
 
 def _check_creatable(folder: Path) -> None:
-    """Raise a one-line :class:`StudyError` when ``folder`` could not be made (created later, where it is written)."""
+    """Raise a one-line :class:`StudyError` when ``folder`` is a file or could not be made (it is created later,
+    where it is written)."""
     existing = folder.absolute()
     while not existing.exists():
         existing = existing.parent
-    if existing != folder.absolute() and not existing.is_dir():
+    if existing == folder.absolute() and not existing.is_dir():
+        raise StudyError(f"{folder}: the study's output folder is a file")
+    if not existing.is_dir():
         raise StudyError(f"{folder}: cannot create the study's output folder ({existing} is a file)")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise StudyError(f"{folder}: cannot create or write the study's output folder (no permission on {existing})")
@@ -59,8 +62,6 @@ class Workspace:
     def __init__(self, profile: dict, out_dir: Path, data_spec: str, device: torch.device, log=print):
         self.profile = profile
         self.out_dir = Path(out_dir)
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise StudyError(f"{self.out_dir}: the study's output folder is a file")
         _check_creatable(self.out_dir)
         configure_ultralytics(self.out_dir / ".ultralytics")  # its settings file stays in the results folder
         self.runs_csv = self.out_dir / "runs.csv"
