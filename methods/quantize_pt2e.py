@@ -142,22 +142,83 @@ def quantize_conv_outputs(gm: torch.fx.GraphModule, spec) -> int:
     return annotated
 
 
+SILU = (torch.ops.aten.silu.default, torch.ops.aten.silu_.default)
+
+
+def decompose_silu(gm: torch.fx.GraphModule) -> int:
+    """Replace every SiLU node of ``gm`` by its definition, ``x * sigmoid(x)`` (two nodes a quantizer can annotate
+    apart); returns how many were replaced. The new nodes keep the SiLU's value metadata but not its source module,
+    so that ``X86InductorQuantizer`` no longer sees a conv + SiLU pattern there: it annotates the convolution alone
+    and the product as a quantized ``mul`` (both inputs quantized)."""
+    replaced = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in SILU:
+            continue
+        x = node.args[0]
+        with gm.graph.inserting_before(node):
+            sigmoid = gm.graph.call_function(torch.ops.aten.sigmoid.default, (x,))
+            product = gm.graph.call_function(torch.ops.aten.mul.Tensor, (x, sigmoid))
+        for new in (sigmoid, product):
+            new.meta = {k: v for k, v in node.meta.items() if k not in ("source_fn_stack", "nn_module_stack")}
+        node.replace_all_uses_with(product)
+        gm.graph.erase_node(node)
+        replaced += 1
+    gm.graph.lint()
+    gm.recompile()
+    return replaced
+
+
+def quantize_sigmoid_outputs(gm: torch.fx.GraphModule, spec) -> int:
+    """Give every sigmoid that reads an annotated convolution an output quantization ``spec``, and the convolution
+    too where it has none; returns how many sigmoids were annotated.
+
+    With SiLU decomposed (:func:`decompose_silu`), every reader of the convolution then takes it dequantized, so
+    ONNX Runtime runs it as ``QLinearConv``, the dequantize-sigmoid-quantize as ``QLinearSigmoid`` and the product
+    of the two (``X86InductorQuantizer`` quantizes both inputs of a ``mul``) as ``QLinearMul``, instead of SiLU in
+    float between a dequantize and a quantize (docs/quantization-notes.md)."""
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    key, annotated = "quantization_annotation", 0
+    for node in gm.graph.nodes:
+        if node.target != torch.ops.aten.sigmoid.default or node.meta.get(key) is not None:
+            continue
+        conv = node.args[0]
+        note = conv.meta.get(key) if isinstance(conv, torch.fx.Node) and conv.target in CONVOLUTIONS else None
+        if note is None or not note.input_qspec_map:
+            continue
+        if note.output_qspec is None:
+            note.output_qspec = spec
+        node.meta[key] = QuantizationAnnotation(output_qspec=spec, _annotated=True)
+        annotated += 1
+    return annotated
+
+
 def _quantizer(reduce_range: bool, float_modules: tuple[str, ...] = (), qat: bool = False,
-               residual_inputs: bool = False, conv_outputs: bool = False):
+               residual_inputs: bool = False, conv_outputs: bool = False, sigmoid_outputs: bool = False):
     """``X86InductorQuantizer`` with its default static config; ``residual_inputs``: and
-    :func:`quantize_residual_inputs` after its annotation; ``conv_outputs``: and :func:`quantize_conv_outputs`."""
+    :func:`quantize_residual_inputs` after its annotation; ``conv_outputs``: and :func:`quantize_conv_outputs`;
+    ``sigmoid_outputs``: SiLU decomposed before the annotation (:func:`decompose_silu`) and
+    :func:`quantize_sigmoid_outputs` after it."""
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer, get_default_x86_inductor_quantization_config)
 
     config = get_default_x86_inductor_quantization_config(is_qat=qat, reduce_range=reduce_range)
 
     class Quantizer(X86InductorQuantizer):
+        def transform_for_annotation(self, model):
+            model = super().transform_for_annotation(model)
+            if sigmoid_outputs:
+                decompose_silu(model)
+            return model
+
         def annotate(self, model):
             model = super().annotate(model)
             if residual_inputs:
                 quantize_residual_inputs(model, config.output_activation)
             if conv_outputs:
                 quantize_conv_outputs(model, config.output_activation)
+            if sigmoid_outputs:
+                quantize_sigmoid_outputs(model, config.output_activation)
             return model
 
     quantizer = Quantizer().set_global(config)
@@ -187,12 +248,13 @@ def export_module(module: torch.nn.Module, example: torch.Tensor, strict: bool =
 def quantize_module(module: torch.nn.Module, batches: list[torch.Tensor], strict: bool = False,
                     reduce_range: bool = False, float_modules: tuple[str, ...] = (),
                     dynamic_batch: bool = True, residual_inputs: bool = False,
-                    max_batch: int = MAX_BATCH, conv_outputs: bool = False) -> torch.fx.GraphModule:
+                    max_batch: int = MAX_BATCH, conv_outputs: bool = False,
+                    sigmoid_outputs: bool = False) -> torch.fx.GraphModule:
     """PT2E post-training static int8 of ``module``: exported, prepared with ``X86InductorQuantizer``'s default
     static config (histogram-observed uint8 activations, per-channel symmetric int8 weights), calibrated on
     ``batches``, converted. ``float_modules``: module paths (as in ``named_modules``) left float;
-    ``residual_inputs``, ``conv_outputs``: see :func:`quantize_residual_inputs`, :func:`quantize_conv_outputs`. The
-    result accepts
+    ``residual_inputs``, ``conv_outputs``, ``sigmoid_outputs``: see :func:`quantize_residual_inputs`,
+    :func:`quantize_conv_outputs`, :func:`quantize_sigmoid_outputs`. The result accepts
     ``.eval()`` and ``.train()`` (no-ops for it: it has no dropout, and its BatchNorm is folded)."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -200,7 +262,7 @@ def quantize_module(module: torch.nn.Module, batches: list[torch.Tensor], strict
     gm = export_module(copy.deepcopy(module), batches[0], strict=strict, dynamic_batch=dynamic_batch,
                        max_batch=max_batch)
     prepared = prepare_pt2e(gm, _quantizer(reduce_range, float_modules, residual_inputs=residual_inputs,
-                                           conv_outputs=conv_outputs))
+                                           conv_outputs=conv_outputs, sigmoid_outputs=sigmoid_outputs))
     with torch.no_grad():
         for batch in batches:
             prepared(batch)
@@ -224,7 +286,7 @@ def drop_unused_attributes(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
 def prepare_qat_module(module: torch.nn.Module, example: torch.Tensor, strict: bool = False,
                        reduce_range: bool = False, freeze_bn_stats: bool = True,
                        residual_inputs: bool = False, max_batch: int = MAX_BATCH,
-                       conv_outputs: bool = False) -> torch.fx.GraphModule:
+                       conv_outputs: bool = False, sigmoid_outputs: bool = False) -> torch.fx.GraphModule:
     """``module`` exported in train mode and prepared for quantization-aware training (``prepare_qat_pt2e`` with
     ``X86InductorQuantizer``'s QAT config): fake-quantized activations and weights, BatchNorm simulated as folded
     into each convolution. Train it as a module, then :func:`convert_qat_module`. Observers start calibrating on
@@ -239,7 +301,7 @@ def prepare_qat_module(module: torch.nn.Module, example: torch.Tensor, strict: b
 
     gm = export_module(copy.deepcopy(module), example, strict=strict, train=True, max_batch=max_batch)
     prepared = prepare_qat_pt2e(gm, _quantizer(reduce_range, qat=True, residual_inputs=residual_inputs,
-                                               conv_outputs=conv_outputs))
+                                               conv_outputs=conv_outputs, sigmoid_outputs=sigmoid_outputs))
     prepared.freeze_bn_stats = freeze_bn_stats
     move_exported_model_to_eval(prepared)
     prepared.train = types.MethodType(_qat_mode, prepared)
@@ -454,32 +516,38 @@ def _parts(family: str, name: str, heads: tuple[str, ...] = ()) -> dict:
 
 def quantize_int8_pt2e(model: torch.nn.Module, calibration_images: torch.Tensor, strict: bool = False,
                        batch_size: int = 8, reduce_range: bool = False, heads: bool = False,
-                       residual_inputs: bool = False, conv_outputs: bool | None = None
-                       ) -> tuple[torch.nn.Module, dict]:
+                       residual_inputs: bool = False, conv_outputs: bool | None = None,
+                       sigmoid_outputs: bool = False) -> tuple[torch.nn.Module, dict]:
     """A CPU copy of ``model`` whose quantizable part (:func:`quantizable_part`) is a PT2E int8 graph, calibrated
     on ``calibration_images`` ((N, 3, H, W) in 0..1; their height and width are the only ones the graph runs).
     ``heads``: the family's int8 heads (:func:`head_paths`) too, each calibrated on its inputs while the model
     with its int8 part detects on the same images (:class:`Int8Head`). ``residual_inputs``: see
     :func:`quantize_residual_inputs`; ``conv_outputs``: :func:`quantize_conv_outputs` (None: with
-    ``residual_inputs``, where the family declares ``int8_conv_outputs``). Returns (model, details). The graphs
+    ``residual_inputs``, where the family declares ``int8_conv_outputs``); ``sigmoid_outputs``: SiLU decomposed
+    and its sigmoid quantized (:func:`quantize_sigmoid_outputs`). Returns (model, details). The graphs
     are converted reference graphs (eager, float speed); :func:`lowered` or ``torch.compile`` makes them fast,
     and ONNX Runtime runs their export as int8 (:mod:`study.onnx_runtime`)."""
     qmodel = copy.deepcopy(model).cpu().eval()
     conv_outputs = _conv_outputs(qmodel, residual_inputs, conv_outputs)
     name, part = quantizable_part(qmodel)
     graph = quantize_module(part, _batches(qmodel, calibration_images, batch_size), strict, reduce_range,
-                            residual_inputs=residual_inputs, conv_outputs=conv_outputs)
+                            residual_inputs=residual_inputs, conv_outputs=conv_outputs,
+                            sigmoid_outputs=sigmoid_outputs)
     qmodel = _with_part(qmodel, name, part, graph).eval()
     paths = head_paths(qmodel) if heads else ()
     for path in paths:
         inputs = module_inputs(qmodel, path, calibration_images)
         _set_module(qmodel, path, _int8_head(qmodel, path, quantize_module(
             module_at(qmodel, path), inputs, strict, reduce_range, residual_inputs=residual_inputs,
-            max_batch=MAX_ROWS, conv_outputs=conv_outputs)))
+            max_batch=MAX_ROWS, conv_outputs=conv_outputs, sigmoid_outputs=sigmoid_outputs)))
     info = {"quant_path": QUANT_PATH, "export": "strict" if strict else "non-strict",
             "calibration_images": len(calibration_images), "reduce_range": reduce_range,
-            "residual_inputs": residual_inputs} | ({"conv_outputs": True} if conv_outputs else {})
+            "residual_inputs": residual_inputs} | _scope_details(conv_outputs, sigmoid_outputs)
     return qmodel.eval(), info | _parts(family_of(model), name, paths)
+
+
+def _scope_details(conv_outputs: bool, sigmoid_outputs: bool) -> dict:
+    return ({"conv_outputs": True} if conv_outputs else {}) | ({"sigmoid_outputs": True} if sigmoid_outputs else {})
 
 
 def _conv_outputs(model: torch.nn.Module, residual_inputs: bool, conv_outputs: bool | None) -> bool:
@@ -492,12 +560,12 @@ def _conv_outputs(model: torch.nn.Module, residual_inputs: bool, conv_outputs: b
 
 def prepare_qat(model: torch.nn.Module, example_images: torch.Tensor, reduce_range: bool = False,
                 freeze_bn_stats: bool = True, heads: bool = False, residual_inputs: bool = False,
-                conv_outputs: bool | None = None) -> tuple[torch.nn.Module, dict]:
+                conv_outputs: bool | None = None, sigmoid_outputs: bool = False) -> tuple[torch.nn.Module, dict]:
     """A copy of ``model`` (on its device) whose quantizable part is a QAT-prepared graph
     (:func:`prepare_qat_module`, exported on ``example_images``, (N, 3, H, W) in 0..1 at the canvas size), and with
     ``heads`` the family's int8 heads too (each exported on its inputs for those images): train it like the float
-    model (the rest stays float and trains too), then :func:`convert_qat`. ``conv_outputs``: as in
-    :func:`quantize_int8_pt2e`."""
+    model (the rest stays float and trains too), then :func:`convert_qat`. ``conv_outputs``, ``sigmoid_outputs``:
+    as in :func:`quantize_int8_pt2e`."""
     device = next(model.parameters()).device
     qmodel = copy.deepcopy(model).cpu().train()
     conv_outputs = _conv_outputs(qmodel, residual_inputs, conv_outputs)
@@ -506,15 +574,17 @@ def prepare_qat(model: torch.nn.Module, example_images: torch.Tensor, reduce_ran
     name, part = quantizable_part(qmodel)
     example = _batches(qmodel.eval(), example_images, len(example_images))[0]
     graph = prepare_qat_module(part, example, reduce_range=reduce_range, freeze_bn_stats=freeze_bn_stats,
-                               residual_inputs=residual_inputs, conv_outputs=conv_outputs)
+                               residual_inputs=residual_inputs, conv_outputs=conv_outputs,
+                               sigmoid_outputs=sigmoid_outputs)
     qmodel = _with_part(qmodel, name, part, graph)
     for path, head_example in head_examples.items():
         _set_module(qmodel, path, _int8_head(qmodel, path, prepare_qat_module(
             module_at(qmodel, path), head_example, reduce_range=reduce_range, freeze_bn_stats=freeze_bn_stats,
-            residual_inputs=residual_inputs, max_batch=MAX_ROWS, conv_outputs=conv_outputs)))
+            residual_inputs=residual_inputs, max_batch=MAX_ROWS, conv_outputs=conv_outputs,
+            sigmoid_outputs=sigmoid_outputs)))
     info = {"quant_path": QUANT_PATH.replace("static", "quantization-aware training"), "export": "non-strict",
             "reduce_range": reduce_range, "freeze_bn_stats": freeze_bn_stats, "residual_inputs": residual_inputs
-            } | ({"conv_outputs": True} if conv_outputs else {})
+            } | _scope_details(conv_outputs, sigmoid_outputs)
     return qmodel.to(device).train(), info | _parts(family_of(model), name, paths)
 
 

@@ -118,26 +118,35 @@ def test_yolo_convolutions_before_silu_run_as_int8_in_onnx_runtime(tmp_path):
     """SiLU has no int8 pattern, so a YOLO convolution's output is not quantized and ONNX Runtime runs it in float on
     dequantized weights; the family's ``int8_conv_outputs`` (on with ``residual_inputs``) ends each in a quantize
     node, which ONNX Runtime fuses into ``QLinearConv``, except the Detect branches' last convolutions (their
-    outputs leave the graph); the detector still detects and stays close to fp32."""
+    outputs leave the graph); ``sigmoid_outputs`` then quantizes each SiLU's sigmoid, which ONNX Runtime runs as
+    ``QLinearSigmoid`` (and the product as ``QLinearMul`` where both its inputs are quantized); the detector still
+    detects and stays close to fp32."""
     import torch.nn.functional as F
     from test_quantize_pt2e import briefly_trained_yolo
     from methods.quantize_pt2e import quantize_int8_pt2e
     from study.onnx_runtime import ort_detector
     model, x = briefly_trained_yolo()
     ops = {}
-    for conv_outputs in (False, None):  # None: as the family declares (on)
-        qmodel, info = quantize_int8_pt2e(model, x, heads=True, residual_inputs=True, conv_outputs=conv_outputs)
-        assert info.get("conv_outputs", False) == (conv_outputs is None)
-        detector = ort_detector(qmodel, x[0], tmp_path / f"{conv_outputs}.onnx")
+    for name, scope in (("plain", {"conv_outputs": False}), ("conv", {}),  # {}: as the family declares (on)
+                        ("sigmoid", {"sigmoid_outputs": True})):
+        qmodel, info = quantize_int8_pt2e(model, x, heads=True, residual_inputs=True, **scope)
+        assert info.get("conv_outputs", False) == (name != "plain")
+        assert info.get("sigmoid_outputs", False) == (name == "sigmoid")
+        detector = ort_detector(qmodel, x[0], tmp_path / f"{name}.onnx")
         assert len(detector(list(x[:2]))) == 2
-        ops[conv_outputs] = _ops_onnx_runtime_runs(tmp_path / f"{conv_outputs}.onnx", tmp_path)
+        ops[name] = _ops_onnx_runtime_runs(tmp_path / f"{name}.onnx", tmp_path)
         with torch.no_grad():
             ref, out = model.model(x)[0], qmodel.model(x)[0]
         assert F.cosine_similarity(ref.flatten(), out.flatten(), dim=0) >= 0.99
     convolutions = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     last = 6  # the Detect branches' 1x1 output convolutions
-    assert ops[False]["QLinearConv"] == 0
-    assert ops[None]["QLinearConv"] >= convolutions - last - 1  # (the DFL's fixed 1x1 convolution stays float)
+    assert ops["plain"]["QLinearConv"] == 0
+    assert ops["conv"]["QLinearConv"] >= convolutions - last - 1  # (the DFL's fixed 1x1 convolution stays float)
+    assert ops["conv"]["QLinearSigmoid"] == ops["conv"]["QLinearMul"] == 0
+    silus = sum(isinstance(m, torch.nn.SiLU) for m in model.modules())  # one module object may serve many calls
+    assert ops["sigmoid"]["QLinearConv"] == ops["conv"]["QLinearConv"]
+    assert ops["sigmoid"]["QLinearSigmoid"] >= ops["conv"]["QLinearConv"] - 1 >= silus
+    assert ops["sigmoid"]["QLinearMul"] >= 1
 
 
 def test_yolo_trunk_exports_with_both_exporters(tmp_path):

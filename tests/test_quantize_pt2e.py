@@ -68,6 +68,24 @@ def _adds_reading_a_dequantized_input(graph):
             for n in graph.graph.nodes if n.target in (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)]
 
 
+def test_decompose_silu_replaces_each_silu_by_its_definition():
+    """``decompose_silu`` turns every SiLU of an exported graph into ``x * sigmoid(x)``: as many sigmoids and
+    products as there were SiLUs, none left, and the same outputs."""
+    from methods.quantize_pt2e import SILU, decompose_silu, export_module
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.SiLU(), torch.nn.Conv2d(8, 8, 3), torch.nn.SiLU(),
+                              torch.nn.Conv2d(8, 4, 1)).eval()
+    x = torch.rand(2, 3, 16, 16)
+    gm = export_module(net, x)
+    targets = lambda: [n.target for n in gm.graph.nodes if n.op == "call_function"]  # noqa: E731
+    assert sum(t in SILU for t in targets()) == 2
+    assert decompose_silu(gm) == 2
+    assert not any(t in SILU for t in targets())
+    assert targets().count(torch.ops.aten.sigmoid.default) == 2 and targets().count(torch.ops.aten.mul.Tensor) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), net(x), rtol=1e-5, atol=1e-6)
+
+
 def test_residual_inputs_quantizes_the_convolution_that_feeds_an_add():
     """``X86InductorQuantizer`` leaves a convolution feeding a residual add unquantized at its output (oneDNN fuses
     the add); ``residual_inputs`` quantizes it, so that both inputs of every add are dequantized int8 (what ONNX
