@@ -84,9 +84,10 @@ def _int8_made(qmodel: torch.nn.Module, details: dict, run_dir: Path, calibratio
 
 
 def _scope(cfg: dict) -> dict:
-    """What int8 covers beyond the backbone: the family's int8 heads (``heads``) and the inputs of residual adds
-    (``residual_inputs``); both absent in rows made before they existed, which quantized the backbone alone."""
-    return {"heads": cfg.get("heads", False), "residual_inputs": cfg.get("residual_inputs", False)}
+    """What int8 covers beyond the backbone: the family's int8 heads (``heads``), the inputs of residual adds
+    (``residual_inputs``), SiLU's sigmoid (``sigmoid_outputs``); absent in rows made before they existed."""
+    return {"heads": cfg.get("heads", False), "residual_inputs": cfg.get("residual_inputs", False),
+            "sigmoid_outputs": cfg.get("sigmoid_outputs", False)}
 
 
 def int8(study, spec, model: torch.nn.Module, run_dir: Path, image: torch.Tensor) -> Compressed:

@@ -109,12 +109,16 @@ DEFAULTS: dict = {
         # (its section's ``compression``: Hinton plus the family's detection feature term).
         # ``heads``: the family's int8 heads too (Faster R-CNN's RoI box head); ``residual_inputs``: the
         # convolutions that feed residual adds end quantized (what ONNX Runtime's int8 kernels need;
-        # docs/decisions.md, "int8 scope")
-        "int8": {"calibration_images": 32, "reduce_range": False, "heads": True, "residual_inputs": True},
+        # docs/decisions.md, "int8 scope"); ``sigmoid_outputs``: SiLU decomposed and its sigmoid quantized
+        # (YOLO in ONNX Runtime; recommended by a pilot, off so that the committed int8 rows keep their ids:
+        # docs/quantization-notes.md)
+        "int8": {"calibration_images": 32, "reduce_range": False, "heads": True, "residual_inputs": True,
+                 "sigmoid_outputs": False},
         "int8-qat": {"calibration_images": 32, "reduce_range": False, "finetune_epochs": 4, "finetune_lr": 0.001,
-                     "freeze_bn_stats": True, "heads": True, "residual_inputs": True},
+                     "freeze_bn_stats": True, "heads": True, "residual_inputs": True, "sigmoid_outputs": False},
         "int8-qat+kd": {"calibration_images": 32, "reduce_range": False, "finetune_epochs": 4, "finetune_lr": 0.001,
-                        "freeze_bn_stats": True, "kd_teacher": "source", "heads": True, "residual_inputs": True},
+                        "freeze_bn_stats": True, "kd_teacher": "source", "heads": True, "residual_inputs": True,
+                        "sigmoid_outputs": False},
         "fp16": {},
     },
     # the report: ``frontier`` adds FRONTIER.md (study.frontier_report: best model at each budget, differences with
@@ -299,6 +303,9 @@ def _bad_compression(key: str, comp) -> list[str]:
     for setting in ("calibration_images", "finetune_epochs", "iterative_steps"):
         if setting in comp and not _positive_int(comp[setting]):
             out.append(f"{key}.{setting} must be a whole number >= 1, not {comp[setting]!r}")
+    for flag in ("heads", "residual_inputs", "sigmoid_outputs", "freeze_bn_stats", "reduce_range"):
+        if flag in comp and not isinstance(comp[flag], bool):
+            out.append(f"{key}.{flag} must be true or false, not {comp[flag]!r}")
     if "finetune_lr" in comp and not (_number(comp["finetune_lr"]) and comp["finetune_lr"] > 0):
         out.append(f"{key}.finetune_lr must be a positive number, not {comp['finetune_lr']!r}")
     if "kd" in comp:

@@ -46,7 +46,7 @@ planned again under new ids, its rows would be retired as superseded and their r
 
 # settings added after results were committed, with the value that behaves as before they existed: a run's hparams
 # leave them out at that value, so adding a setting does not change the ids of the runs made before it
-LATER_SETTINGS = {"bf16_on_cpu": False}
+LATER_SETTINGS = {"bf16_on_cpu": False, "sigmoid_outputs": False}
 
 
 def make_run_id(detector: str, backbone: str, method: str, seed: int, hparams: dict) -> str:
@@ -74,8 +74,8 @@ def _role_name(role: dict) -> str:
 
 
 def run_train(train: dict) -> dict:
-    """A run's training settings as kept in its hparams: those of :data:`LATER_SETTINGS` only where they differ from
-    their earlier behaviour."""
+    """A run's training (or compression) settings as kept in its hparams: those of :data:`LATER_SETTINGS` only
+    where they differ from their earlier behaviour."""
     return {k: v for k, v in train.items() if k not in LATER_SETTINGS or v != LATER_SETTINGS[k]}
 
 
@@ -176,8 +176,8 @@ def plan_detector(profile: dict, detector: str, dataset_name: str, tuned: dict[s
             if method not in cfg["compression"]:
                 raise StudyError(f"unknown compression method '{method}' (known: {', '.join(cfg['compression'])})")
             comp = cfg["compression"][method]
-            hp = common | {"role": role, "compress": {k: v for k, v in comp.items() if k not in ("kd", "kd_teacher")},
-                           "source_run": source.run_id}
+            hp = common | {"role": role, "source_run": source.run_id,
+                           "compress": run_train({k: v for k, v in comp.items() if k not in ("kd", "kd_teacher")})}
             if "kd" in comp:  # from the first teacher, or (``kd_teacher: source``) the float model compressed
                 hp["distill"] = comp["kd"]
                 hp["teacher_run"] = source.run_id if comp.get("kd_teacher") == "source" else first_teacher.run_id

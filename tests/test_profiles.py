@@ -73,13 +73,33 @@ def test_profiles_still_plan_their_committed_runs(name, folder):
 
 def test_a_later_setting_is_in_a_runs_hparams_only_away_from_its_earlier_behaviour():
     from study.plan import LATER_SETTINGS, plan_runs, run_train
-    assert LATER_SETTINGS == {"bf16_on_cpu": False}
+    assert LATER_SETTINGS == {"bf16_on_cpu": False, "sigmoid_outputs": False}
     assert run_train({"lr": 0.1, "bf16_on_cpu": False}) == {"lr": 0.1}
     assert run_train({"lr": 0.1, "bf16_on_cpu": True}) == {"lr": 0.1, "bf16_on_cpu": True}
     on = plan_runs(load_profile("default"), "bccd")
     off = plan_runs(load_profile("yolo"), "bccd")  # trained fp32
     assert all(s.hparams["train"]["bf16_on_cpu"] is True for s in on)
     assert all("bf16_on_cpu" not in s.hparams["train"] for s in off)  # runs from before the key keep their ids
+
+
+def test_sigmoid_outputs_reaches_the_int8_rows_and_leaves_their_ids_when_off(tmp_path):
+    """``sigmoid_outputs`` (a setting added after int8 rows were committed) is kept out of the int8 rows' hparams
+    while off, so their ids stay; on, it is in the hparams of every int8, QAT and QAT+KD row (new ids) and in what
+    the compression step passes to the quantizer."""
+    from study.compress import _scope
+    from study.plan import plan_runs
+    int8 = lambda runs: {s.run_id: s for s in runs if s.method.startswith("int8")}  # noqa: E731
+    off = int8(plan_runs(load_profile("frontier"), "bccd"))
+    on = int8(plan_runs(load_profile(written(tmp_path, (
+        "compression: {int8: {sigmoid_outputs: true}, int8-qat: {sigmoid_outputs: true}, "
+        "int8-qat+kd: {sigmoid_outputs: true}}\n"
+        "detectors: [faster_rcnn, yolo]\n"
+        "yolo: {compress: [int8, int8-qat, int8-qat+kd]}\nfaster_rcnn: {compress: [int8]}\n"))), "bccd"))
+    assert off and all("sigmoid_outputs" not in s.hparams["compress"] for s in off.values())
+    assert on and all(s.hparams["compress"]["sigmoid_outputs"] is True for s in on.values())
+    assert not set(on) & set(off)
+    spec = next(s for s in on.values() if s.method == "int8-qat+kd")
+    assert _scope(spec.hparams["compress"]) == {"heads": True, "residual_inputs": True, "sigmoid_outputs": True}
 
 
 @pytest.mark.parametrize("text, message", [
@@ -93,6 +113,7 @@ def test_a_later_setting_is_in_a_runs_hparams_only_away_from_its_earlier_behavio
     ("teacher_seeds: []\n", "teacher_seeds must be a list of whole numbers (at least one), not []"),  # was % by 0
     ("max_train_images: -3\n", "max_train_images must be a whole number >= 1 or null (the whole split), not -3"),
     ("max_eval_images: 0\n", "max_eval_images must be a whole number >= 1 or null (the whole split), not 0"),
+    ("compression: {int8: {sigmoid_outputs: 1}}\n", "compression.int8.sigmoid_outputs must be true or false, not 1"),
     ("methods: [baseline, hintn]\n", "methods: unknown distillation method 'hintn' (parts: hinton, fitnets, at, nst, "
      "pkd, cwd, fgfi, ld, ls, joined by '+')"),
     ("faster_rcnn: {sizes: [{student: {backbone: shallow-s}, methods: [hinton+atx]}]}\n",
