@@ -131,6 +131,23 @@ def session(path: Path | str, threads: int = 1):
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def runtime_ops(path: Path | str) -> dict[str, int]:
+    """Operator counts of the graph ONNX Runtime runs for the model at ``path``, after its extended optimisations
+    (where QuantizeLinear/DequantizeLinear around an operator fuse into its int8 kernel), largest first."""
+    import collections
+
+    import onnx
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    with tempfile.TemporaryDirectory() as scratch:
+        options.optimized_model_filepath = str(Path(scratch) / "optimized.onnx")
+        onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        ops = collections.Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+    return dict(ops.most_common())
+
+
 def run(sess, x: torch.Tensor) -> list[np.ndarray]:
     """The session's outputs for the input ``x``."""
     return sess.run(None, {sess.get_inputs()[0].name: x.float().numpy()})

@@ -18,7 +18,6 @@ decided on validation mAP of trained models.
 
 Run from the repository root: ``python results/frontier/pilots/yolo_int8_silu.py OUT.json``.
 """
-import collections
 import importlib.util
 import json
 import random
@@ -29,12 +28,11 @@ import time
 from pathlib import Path
 
 import onnx
-import onnxruntime
 import torch
 from onnx import TensorProto, helper
 
 from study.defaults import DEFAULTS, load_profile
-from study.onnx_runtime import session
+from study.onnx_runtime import runtime_ops, session
 from study.workspace import Workspace
 
 BLOCKS = 5
@@ -68,16 +66,6 @@ def quantized_sigmoids(src: Path, dst: Path) -> int:
     onnx.checker.check_model(model)
     onnx.save(model, str(dst))
     return added
-
-
-def optimized_ops(path: Path) -> dict:
-    """Operator counts of ONNX Runtime's optimized graph of ``path`` (extended level)."""
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.optimized_model_filepath = str(path.with_suffix(".opt.onnx"))
-    onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    ops = collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
-    return dict(sorted(ops.items(), key=lambda kv: -kv[1]))
 
 
 def interleaved_ms(paths: dict, images: list, cfg: dict) -> dict:
@@ -117,7 +105,7 @@ def main(out_json: str) -> None:
             paths = {"fp32": fp32, "int8": int8, "int8 + sigmoid quantized": sig}
             blocks = [interleaved_ms(paths, images, cfg | {"seed": block}) for block in range(BLOCKS)]
             result[name] = {"sigmoids_quantized": added,
-                            "ops": {k: optimized_ops(p) for k, p in paths.items()},
+                            "ops": {k: runtime_ops(p) for k, p in paths.items()},
                             "ort_ms": blocks,
                             "ratio_to_fp32": {k: [round(b[k]["ms"] / b["fp32"]["ms"], 3) for b in blocks]
                                               for k in paths}}
