@@ -2,8 +2,6 @@
 smaller; whole detectors (fp32 and PT2E int8) detect in ONNX Runtime what they detect in PyTorch."""
 from __future__ import annotations
 
-import collections
-
 import pytest
 import torch
 
@@ -81,10 +79,6 @@ def test_whole_detector_in_onnx_runtime_detects_what_pytorch_does(family, precis
     assert all(t["cpu_ms"] > 0 for t in timed.values())
 
 
-def _ops_onnx_runtime_runs(path) -> collections.Counter:
-    return collections.Counter(runtime_ops(path))
-
-
 def test_int8_scope_decides_what_onnx_runtime_runs_in_int8(tmp_path):
     """Backbone only, ONNX Runtime runs every convolution that feeds a residual add in float (no quantize node
     after it) and the box head in float; ``residual_inputs`` makes those convolutions ``QLinearConv`` and their adds
@@ -98,7 +92,7 @@ def test_int8_scope_decides_what_onnx_runtime_runs_in_int8(tmp_path):
         qmodel, _ = quantize_int8_pt2e(model, x, **scope)
         detector = ort_detector(qmodel, x[0], tmp_path / f"{name}.onnx")
         assert len(detector(list(x[1:2]))[0]["boxes"]) > 0
-        ops[name] = _ops_onnx_runtime_runs(tmp_path / f"{name}.onnx")
+        ops[name] = runtime_ops(tmp_path / f"{name}.onnx")
     blocks = sum(type(m).__name__ == "BasicBlock" for m in model.backbone.body.modules())  # each ends in an add
     assert blocks >= 2
     assert ops["backbone"]["QLinearAdd"] == 0 and ops["residual"]["QLinearAdd"] >= blocks
@@ -126,7 +120,7 @@ def test_yolo_convolutions_before_silu_run_as_int8_in_onnx_runtime(tmp_path):
         assert info.get("sigmoid_outputs", False) == (name == "sigmoid")
         detector = ort_detector(qmodel, x[0], tmp_path / f"{name}.onnx")
         assert len(detector(list(x[:2]))) == 2
-        ops[name] = _ops_onnx_runtime_runs(tmp_path / f"{name}.onnx")
+        ops[name] = runtime_ops(tmp_path / f"{name}.onnx")
         with torch.no_grad():
             ref, out = model.model(x)[0], qmodel.model(x)[0]
         assert F.cosine_similarity(ref.flatten(), out.flatten(), dim=0) >= 0.99
