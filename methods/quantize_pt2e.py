@@ -31,6 +31,9 @@ twice (torchvision's ``BasicBlock``/``Bottleneck`` call ``self.relu`` twice) int
 ``X86InductorQuantizer`` fails with "Input partition has more than one output node" (torchao issue 4478).
 :func:`split_repeated_calls` gives each such call its own partition; it runs on every non-strict export here.
 
+Each call that prepares, converts, switches the mode of or lowers a graph runs inside
+:func:`methods.pt2e_patterns.reused_patterns` (torchao's pattern graphs exported once per process).
+
 The batch dimension is exported dynamic (any batch size runs); height and width are fixed to the calibration
 images' (the study's canvas).
 """
@@ -43,6 +46,7 @@ import types
 import torch
 
 from detectors import declaration, family_of, module_at
+from methods.pt2e_patterns import reused_patterns
 
 QUANT_PATH = "torchao PT2E, X86InductorQuantizer (static, per-channel weights)"
 MAX_BATCH = 1024  # images in a batch, the quantizable part's exported bound
@@ -245,6 +249,7 @@ def export_module(module: torch.nn.Module, example: torch.Tensor, strict: bool =
     return gm
 
 
+@reused_patterns()
 def quantize_module(module: torch.nn.Module, batches: list[torch.Tensor], strict: bool = False,
                     reduce_range: bool = False, float_modules: tuple[str, ...] = (),
                     dynamic_batch: bool = True, residual_inputs: bool = False,
@@ -283,6 +288,7 @@ def drop_unused_attributes(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return gm
 
 
+@reused_patterns()
 def prepare_qat_module(module: torch.nn.Module, example: torch.Tensor, strict: bool = False,
                        reduce_range: bool = False, freeze_bn_stats: bool = True,
                        residual_inputs: bool = False, max_batch: int = MAX_BATCH,
@@ -313,6 +319,7 @@ def _qat_eval(self):
     return self.train(False)
 
 
+@reused_patterns()
 def _qat_mode(self, mode: bool = True):
     """``train(mode)`` of a QAT graph: observers calibrate in training only (validation passes do not move the
     scales), and BatchNorm follows the mode unless its statistics are frozen (then it stays in eval mode; the graph
@@ -327,6 +334,7 @@ def _qat_mode(self, mode: bool = True):
     return self
 
 
+@reused_patterns()
 def convert_qat_module(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """The int8 graph of a QAT-prepared module (:func:`prepare_qat_module`) after its training: BatchNorm folded,
     fake quantization replaced by quantize/dequantize pairs around int8 weights (as :func:`quantize_module`)."""
@@ -337,6 +345,7 @@ def convert_qat_module(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return allow_exported_model_train_eval(drop_unused_attributes(convert_pt2e(prepared)))
 
 
+@reused_patterns()
 def lower_x86(converted: torch.fx.GraphModule, example: torch.Tensor,
               dynamic_batch: bool = False) -> torch.fx.GraphModule:
     """The converted model with its int8 patterns fused into oneDNN int8 kernels: fast in eager mode without
