@@ -395,7 +395,8 @@ def render_report_md(report: dict, figures: list[str]) -> str:
              f"torchvision {software['torchvision']}",
              f"- total training time of the runs: {report['total_s'] / 60:.1f} min (summed; runs may have run at once)",
              *[f"- execution {e['started']} ({e['profile']}): {e['runs_executed']} of {e['runs_planned']} runs, "
-               f"{e['workers']} at a time x {e['threads_per_run']} thread(s), {e['device']}: "
+               f"{e['workers']} at a time x {e['threads_per_run']} thread(s), {e['device']}"
+               f"{' (' + e['cpu_id'] + ')' if e.get('cpu_id') else ''}: "
                f"{float(e['wall_s']) / 60:.1f} min wall" for e in report["executions"]],
              "- mAP is COCO mAP@[.5:.95] on the test split; GFLOPs = 2 × GMACs of one forward pass; CPU ms "
              f"({runtime_names(report['all_rows'])}) is the median per image at batch 1 over interleaved rounds (every model timed in each round, in a random "

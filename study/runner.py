@@ -50,6 +50,26 @@ def describe_device(device: torch.device) -> str:
     return f"cpu: {model} ({torch.get_num_threads()} threads)"
 
 
+def cpu_identity(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """'family F model M stepping S' of the first processor in ``cpuinfo`` ('' where it cannot be read): under
+    KVM the model name can be the same ('AMD EPYC') on hosts of different CPU generations, which train at different
+    speeds and to different digits (docs/decisions.md, "The machine")."""
+    fields = {}
+    try:
+        with open(cpuinfo) as lines:
+            for line in lines:
+                if not line.strip():
+                    break  # the first processor's block ends
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        return ""
+    if "cpu family" not in fields:
+        return ""
+    return " ".join(f"{name} {fields[key]}" for name, key in
+                    (("family", "cpu family"), ("model", "model"), ("stepping", "stepping")) if key in fields)
+
+
 class Study:
     def __init__(self, profile: dict, out_dir: Path, data_spec: str | None = None, device: str | None = None,
                  progress: bool = True, log=print, workers: int | None = None, val_only: bool = False):
@@ -300,5 +320,6 @@ class Study:
                 "started": started, "profile": self.profile["name"], "runs_planned": len(specs),
                 "runs_executed": len(todo), "executor": execution.get("executor", "local"), "workers": workers,
                 "threads_per_run": threads, "device": describe_device(self.device).split(" (")[0],
+                "cpu_id": cpu_identity(),
                 "wall_s": round(time.perf_counter() - clock, 1), "retried": " ".join(outcome["retried"])})
         return self.runs_csv

@@ -121,7 +121,7 @@ def retire_superseded(path: Path, planned: dict[tuple, str]) -> list[dict]:
 
 
 EXECUTION_COLUMNS = ["started", "profile", "runs_planned", "runs_executed", "executor", "workers", "threads_per_run",
-                     "device", "wall_s", "retried"]
+                     "device", "wall_s", "retried", "cpu_id"]
 
 
 def append_execution(path: Path, row: dict) -> None:

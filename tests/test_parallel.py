@@ -15,7 +15,7 @@ import torch
 from study.defaults import _merge, load_profile
 from study.parallel import worker_count, worker_devices
 from study.plan import plan_runs
-from study.runner import Study
+from study.runner import Study, cpu_identity
 from study.store import read_runs
 
 
@@ -72,6 +72,7 @@ def test_parallel_study_rows_dependencies_and_deferred_latency(tmp_path):
     [execution] = read_runs(tmp_path / "executions.csv")
     assert (execution["runs_executed"], execution["workers"], execution["threads_per_run"]) == (str(len(plan)), "2", "1")
     assert float(execution["wall_s"]) > 0
+    assert execution["cpu_id"] == cpu_identity()  # which CPU generation ran it ('' off Linux)
     qat = next(r for r in rows if r["method"] == "int8-qat+kd")  # YOLO QAT with KD (and ultralytics' EMA)
     assert qat["status"] == "ok" and set(json.loads(qat["hparams"])["distill"]) == {"hinton", "cwd"}
     for int8 in (qat, next(r for r in rows if r["method"] == "int8")):  # rebuilt from their saved int8 graphs
@@ -113,3 +114,13 @@ def test_latency_left_by_a_killed_study_is_measured_on_resume(tmp_path, monkeypa
     monkeypatch.undo()
     rows = read_runs(Study(profile, tmp_path, progress=False, log=lambda *_: None).run())
     assert all(float(r["cpu_ms"]) > 0 for r in rows)
+
+
+def test_cpu_identity_reads_the_first_processor(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                    "model name\t: AMD EPYC\nstepping\t: 1\n\nprocessor\t: 1\ncpu family\t: 26\n")
+    assert cpu_identity(str(info)) == "family 25 model 17 stepping 1"
+    info.write_text("processor\t: 0\nmodel name\t: ARMv8\n")  # no family: nothing said
+    assert cpu_identity(str(info)) == ""
+    assert cpu_identity(str(tmp_path / "missing")) == ""
