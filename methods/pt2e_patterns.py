@@ -55,10 +55,13 @@ def _value_key(value):
 
 def pattern_key(pattern, example_inputs: tuple, is_cuda: bool, kwargs: dict):
     """What an exported pattern depends on: the pattern (:func:`_value_key`), the inputs' shapes and types, the
-    device kind and the keyword inputs. None when one of them has no hashable stand-in."""
+    device kind and the keyword inputs, and the grad and autocast modes it is exported under. None when one of
+    them has no hashable stand-in."""
+    modes = (torch.is_grad_enabled(),
+             *((torch.is_autocast_enabled(d), torch.get_autocast_dtype(d)) for d in ("cpu", "cuda")))
     try:
         return (_value_key(pattern), _value_key(tuple(example_inputs)), is_cuda,
-                tuple(sorted((name, _value_key(v)) for name, v in kwargs.items())))
+                tuple(sorted((name, _value_key(v)) for name, v in kwargs.items())), modes)
     except (TypeError, ValueError):
         return None
 

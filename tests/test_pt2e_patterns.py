@@ -23,7 +23,7 @@ def dropout_pattern(p):
     return pattern
 
 
-def test_a_pattern_is_exported_once_per_closure_and_input_shape_and_handed_out_as_a_copy():
+def test_a_pattern_is_exported_once_per_closure_input_shape_and_mode_and_handed_out_as_a_copy():
     calls, store = [], {}
     export = patterns.reusing(fake_export(calls), store)
     x = (torch.randn(1, 1, 3, 3),)
@@ -39,8 +39,13 @@ def test_a_pattern_is_exported_once_per_closure_and_input_shape_and_handed_out_a
     export(dropout_pattern(0.5), x, True)  # for CUDA
     export(dropout_pattern(0.5), x, scale=torch.tensor([1.0]))  # another keyword input
     assert len(calls) == 5 and len(store) == 5
+    with torch.no_grad():
+        export(dropout_pattern(0.5), x)  # exported under another grad mode
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        export(dropout_pattern(0.5), x)  # under autocast
+    assert len(calls) == 7
     export(dropout_pattern(0.5), x, scale=torch.tensor([2.0]))  # a tensor's value is traced, not specialised
-    assert len(calls) == 5
+    assert len(calls) == 7
 
 
 def test_a_pattern_without_a_hashable_key_is_exported_every_time():
