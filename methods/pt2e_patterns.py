@@ -97,16 +97,23 @@ def _skipping_absent_kinds(fold_helper):
     return fold
 
 
+def replaceable(utils, qat_utils) -> bool:
+    """Whether torchao's modules have the private functions this module replaces (torchao 0.18 has)."""
+    return all(callable(getattr(module, name, None)) for module, name in (
+        (utils, "_get_aten_graph_module_for_pattern"), (qat_utils, "_get_aten_graph_module_for_pattern"),
+        (qat_utils, "_fold_conv_bn_qat_helper")))
+
+
 @contextlib.contextmanager
 def reused_patterns():
     """Inside: torchao's pattern graphs come from this process's store after their first export, and the
     conv-BatchNorm fold skips the convolution kinds a graph does not hold. Restores torchao's functions on exit
-    (nested uses restore in order)."""
-    if not ACTIVE:
-        yield
-        return
+    (nested uses restore in order). With a torchao that lacks them, nothing is replaced."""
     from torchao.quantization.pt2e import qat_utils, utils
 
+    if not ACTIVE or not replaceable(utils, qat_utils):  # another torchao: its own functions, unchanged
+        yield
+        return
     saved = (utils._get_aten_graph_module_for_pattern, qat_utils._get_aten_graph_module_for_pattern,
              qat_utils._fold_conv_bn_qat_helper)
     reused = reusing(saved[0], _EXPORTED)

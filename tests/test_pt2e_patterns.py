@@ -73,6 +73,12 @@ def test_the_fold_skips_only_the_convolution_kinds_a_graph_lacks():
     assert patterns.holds_conv_kind(conv2d, torch.matmul)  # a kind it does not know: never skipped
 
 
+def test_the_pinned_torchao_has_the_functions_it_replaces():
+    """Fails when torchao changes them: the store then stays off (torchao runs as it is, slower)."""
+    from torchao.quantization.pt2e import qat_utils, utils
+    assert patterns.replaceable(utils, qat_utils)
+
+
 class ConvBN(nn.Module):
     def __init__(self):
         super().__init__()
