@@ -5,8 +5,8 @@ torchao rewrites a quantized graph by matching small pattern graphs, and it buil
 about 1-2.5 s a pattern on a CPU, at every call: ``convert_pt2e`` of a QAT graph exports 96 (the conv-BatchNorm
 fold: 4 convolution kinds x 12 variants x a pattern and its replacement), ``move_exported_model_to_eval`` and
 ``lower_pt2e_quantized_to_x86`` a dozen more, whatever the model's size. :func:`reused_patterns` keeps each
-exported pattern for the life of the process (keyed by the pattern function's code and closure, and by the shapes
-of its inputs) and hands out a copy; and the fold skips a convolution kind whose operator the graph does not hold
+exported pattern for the life of the process (keyed by the pattern function's code and closure, the shapes of
+its inputs and the grad and autocast modes) and hands out a copy; and the fold skips a convolution kind whose operator the graph does not hold
 (none of its patterns can match there). Both leave torchao's result as it is: the tests check that a model
 prepared, converted and lowered inside it gives the same graph and the same outputs as without
 (docs/decisions.md, "torchao's pattern exports").
@@ -76,6 +76,7 @@ def reusing(export_pattern, store: dict):
         if key not in store:
             store[key] = export_pattern(pattern, example_inputs, is_cuda, **kwargs)
         return copy.deepcopy(store[key])  # the rewriter may edit what it is given
+    reused.reuses = True
     return reused
 
 
@@ -107,11 +108,12 @@ def replaceable(utils, qat_utils) -> bool:
 @contextlib.contextmanager
 def reused_patterns():
     """Inside: torchao's pattern graphs come from this process's store after their first export, and the
-    conv-BatchNorm fold skips the convolution kinds a graph does not hold. Restores torchao's functions on exit
-    (nested uses restore in order). With a torchao that lacks them, nothing is replaced."""
+    conv-BatchNorm fold skips the convolution kinds a graph does not hold. Restores torchao's functions on exit;
+    a use inside another changes nothing, and with a torchao that lacks them nothing is replaced."""
     from torchao.quantization.pt2e import qat_utils, utils
 
-    if not ACTIVE or not replaceable(utils, qat_utils):  # another torchao: its own functions, unchanged
+    if not ACTIVE or not replaceable(utils, qat_utils) \
+            or getattr(utils._get_aten_graph_module_for_pattern, "reuses", False):  # another torchao, or nested
         yield
         return
     saved = (utils._get_aten_graph_module_for_pattern, qat_utils._get_aten_graph_module_for_pattern,

@@ -79,6 +79,19 @@ def test_the_pinned_torchao_has_the_functions_it_replaces():
     assert patterns.replaceable(utils, qat_utils)
 
 
+def test_the_store_is_in_place_only_inside_and_a_nested_use_changes_nothing():
+    from torchao.quantization.pt2e import qat_utils, utils
+    original = (utils._get_aten_graph_module_for_pattern, qat_utils._fold_conv_bn_qat_helper)
+    with patterns.reused_patterns():
+        outer = (utils._get_aten_graph_module_for_pattern, qat_utils._fold_conv_bn_qat_helper)
+        assert outer[0] is qat_utils._get_aten_graph_module_for_pattern and outer != original
+        with patterns.reused_patterns():
+            assert (utils._get_aten_graph_module_for_pattern, qat_utils._fold_conv_bn_qat_helper) == outer
+        assert (utils._get_aten_graph_module_for_pattern, qat_utils._fold_conv_bn_qat_helper) == outer
+    assert (utils._get_aten_graph_module_for_pattern, qat_utils._fold_conv_bn_qat_helper) == original
+    assert qat_utils._get_aten_graph_module_for_pattern is original[0]
+
+
 class ConvBN(nn.Module):
     def __init__(self):
         super().__init__()
