@@ -42,18 +42,12 @@ def describe_device(device: torch.device) -> str:
     """'cuda: NVIDIA H100 ...' or 'cpu: <model name> (N threads)', for the results' hardware column."""
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"
-    model = platform.processor() or platform.machine()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    model = cpu_fields().get("model name") or platform.processor() or platform.machine()
     return f"cpu: {model} ({torch.get_num_threads()} threads)"
 
 
-def cpu_identity(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """'family F model M stepping S' of the first processor in ``cpuinfo`` ('' where it cannot be read): under
-    KVM the model name can be the same ('AMD EPYC') on hosts of different CPU generations, which train at different
-    speeds and to different digits (docs/decisions.md, "The machine")."""
+def cpu_fields(cpuinfo: str = "/proc/cpuinfo") -> dict[str, str]:
+    """The first processor's fields in ``cpuinfo`` (none where it cannot be read)."""
     fields = {}
     try:
         with open(cpuinfo) as lines:
@@ -63,7 +57,15 @@ def cpu_identity(cpuinfo: str = "/proc/cpuinfo") -> str:
                 key, _, value = line.partition(":")
                 fields[key.strip()] = value.strip()
     except OSError:
-        return ""
+        return {}
+    return fields
+
+
+def cpu_identity(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """'family F model M stepping S' of the first processor in ``cpuinfo`` ('' where it is not said): under KVM the
+    model name can be the same ('AMD EPYC') on hosts of different CPU generations, which train at different speeds
+    and to different digits (docs/decisions.md, "The machine")."""
+    fields = cpu_fields(cpuinfo)
     if "cpu family" not in fields:
         return ""
     return " ".join(f"{name} {fields[key]}" for name, key in
