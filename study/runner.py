@@ -277,6 +277,16 @@ class Study:
                              "depend on its thread count; resume with the same workers and threads_per_worker, or "
                              "into another folder")
 
+    def warn_other_cpu(self) -> None:
+        """Say so when earlier executions into this folder ran on another CPU (``cpu_id``): its rows and this
+        execution's will differ in speed and to the digit (docs/decisions.md, "The machine")."""
+        here = cpu_identity()
+        earlier = sorted({e["cpu_id"] for e in read_runs(self.out_dir / "executions.csv") if e.get("cpu_id")} - {here})
+        if here and earlier:
+            self.log(f"warning: {self.out_dir / 'executions.csv'}: earlier executions ran on {', '.join(earlier)} and "
+                     f"this one runs on {here}: rows from the two CPUs differ in speed and to the digit "
+                     "(docs/decisions.md, 'The machine')")
+
     def check_id_scheme(self) -> None:
         """Refuse a runs.csv with rows identified under another run-id scheme than this version's
         (:data:`study.plan.ID_SCHEME`): planned under new ids, they would be retired and their runs trained again."""
@@ -307,6 +317,7 @@ class Study:
         at_once = self.runs_at_once(execution, todo)
         if todo and self.device.type == "cpu":
             self.check_threads(specs, self.threads_per_run(execution))
+            self.warn_other_cpu()
         progress = Progress([spec for _, spec in todo], len(specs), len(specs) - len(todo), at_once, self.log,
                             earlier=read_runs(self.runs_csv))
 

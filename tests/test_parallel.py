@@ -124,3 +124,19 @@ def test_cpu_identity_reads_the_first_processor(tmp_path):
     info.write_text("processor\t: 0\nmodel name\t: ARMv8\n")  # no family: nothing said
     assert cpu_identity(str(info)) == ""
     assert cpu_identity(str(tmp_path / "missing")) == ""
+
+
+def test_a_study_resumed_on_another_cpu_says_so(tmp_path, monkeypatch):
+    profile = _merge(load_profile("smoke"), {"detectors": ["yolo"], "methods": ["baseline"], "seeds": [0]})
+    lines = []
+    study = Study(profile, tmp_path, progress=False, log=lines.append)
+    (tmp_path / "executions.csv").write_text("started,profile,cpu_id\n2026-12-06T08:08:00,smoke,family 26 model 2\n")
+    monkeypatch.setattr("study.runner.cpu_identity", lambda: "family 25 model 17 stepping 1")
+    study.warn_other_cpu()
+    assert lines == [f"warning: {tmp_path / 'executions.csv'}: earlier executions ran on family 26 model 2 and this "
+                     "one runs on family 25 model 17 stepping 1: rows from the two CPUs differ in speed and to the "
+                     "digit (docs/decisions.md, 'The machine')"]
+    (tmp_path / "executions.csv").write_text("started,profile,cpu_id\n"
+                                             "2026-12-06T08:08:00,smoke,family 25 model 17 stepping 1\n")
+    study.warn_other_cpu()
+    assert len(lines) == 1  # the same CPU: nothing said
