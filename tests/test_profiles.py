@@ -57,7 +57,8 @@ def test_a_teacher_no_run_reads_is_not_planned():
     assert [s.seed for s in plan_runs(only_baseline, "bccd") if s.role == "teacher"] == [0]  # the first, for the gap
 
 
-@pytest.mark.parametrize("name, folder", [("yolo", "yolo"), ("default", "default"), ("replication", "replication")])
+@pytest.mark.parametrize("name, folder", [("yolo", "yolo"), ("default", "default"),
+                                          ("replication", "archive/default64-replication")])
 def test_profiles_still_plan_their_committed_runs(name, folder):
     """A profile whose results are committed pins the settings they were made with: changing a default must not
     change the run ids it plans (a rerun or ``--reuse`` would otherwise train everything again)."""
