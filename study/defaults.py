@@ -76,8 +76,8 @@ DEFAULTS: dict = {
               # (docs/decisions.md, "bf16 on the CPU"); a profile with ``bf16_on_cpu: false`` trains fp32
               "bf16_on_cpu": True},
     # methods run for the student, and their hyperparameters (weights as in the literature's reference code);
-    # ``baseline-long`` is the student alone for ``long_factor`` x its epochs (why the default has only Hinton KD:
-    # docs/decisions.md, "the default's rows")
+    # ``baseline-long`` is the student alone for ``long_factor`` x its epochs (the ``default`` profile runs
+    # ``baseline`` and ``hinton`` only, seeds 0-2: docs/decisions.md, "The default's rows")
     "methods": ["baseline", "baseline-long", "hinton"],
     # each distillation method's hyperparameters: its module's DEFAULTS (methods/distill/<method>.py, the
     # literature's weights). ``balance: r`` (pkd, cwd, fgfi, ld): the weight is measured over the first
