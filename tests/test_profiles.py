@@ -58,7 +58,7 @@ def test_a_teacher_no_run_reads_is_not_planned():
 
 
 @pytest.mark.parametrize("name, folder", [("yolo", "yolo"), ("default", "default"),
-                                          ("replication", "archive/default64-replication")])
+                                          ("replication", "replication")])
 def test_profiles_still_plan_their_committed_runs(name, folder):
     """A profile whose results are committed pins the settings they were made with: changing a default must not
     change the run ids it plans (a rerun or ``--reuse`` would otherwise train everything again)."""
